@@ -1,0 +1,3 @@
+from nri_zeropod.cli import main
+
+raise SystemExit(main())
