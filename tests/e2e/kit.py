@@ -1,0 +1,110 @@
+"""What e2e tests use to drive the local node: the CLI, CRI, HTTP and redis clients."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from nri_zeropod.cri import CRIClient
+from nri_zeropod.node import node as nodemod
+from nri_zeropod.node import pods
+from nri_zeropod.node.config import NodeConfig
+
+TEST_ENV = {
+    "NRI_ZEROPOD_RUN": "/run/nri-zeropod-test",
+    "NRI_ZEROPOD_NODE_PREFIX": "/var/lib/nri-zeropod-test",
+    "NRI_ZEROPOD_BRIDGE": "nztbr0",
+    "NRI_ZEROPOD_SUBNET": "10.213.78.0/24",
+    "NRI_ZEROPOD_CGROUP": "/nri-zeropod-test",
+}
+
+CLI = [sys.executable, "-m", "nri_zeropod"]
+
+
+def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*CLI, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        cwd=str(Path(__file__).resolve().parents[2]),
+    )
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:6]}"
+
+
+@dataclass
+class Node:
+    cfg: NodeConfig
+    cri: CRIClient
+
+    @classmethod
+    def start(cls, prefix: Path, *, agent: bool = True) -> Node:
+        cfg = nodemod.up(NodeConfig.from_env(prefix, agent=agent), log=lambda *_: None)
+        return cls(cfg, CRIClient(str(cfg.containerd_sock)))
+
+    def stop(self) -> None:
+        self.cri.close()
+        nodemod.down(self.cfg, log=lambda *_: None)
+
+    def run(self, spec: pods.PodSpec) -> pods.Pod:
+        return pods.run_pod(self.cri, self.cfg, spec)
+
+    def rm(self, name: str, namespace: str = "default") -> None:
+        pods.remove_pod(self.cri, self.cfg, name, namespace=namespace, grace=5)
+
+
+def http_get(host: str, port: int, path: str = "/", *, timeout: float = 5.0) -> tuple[int, bytes]:
+    """A minimal HTTP/1.0 GET: (status code, body)."""
+    with socket.create_connection((host, port), timeout=timeout) as s:
+        s.sendall(f"GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    return status, body
+
+
+def redis(host: str, port: int, *args: str, timeout: float = 5.0) -> object:
+    """Send one command with the redis protocol (RESP) and return the decoded reply."""
+    with socket.create_connection((host, port), timeout=timeout) as s:
+        return redis_on(s, *args)
+
+
+def redis_on(s: socket.socket, *args: str) -> object:
+    cmd = f"*{len(args)}\r\n" + "".join(f"${len(a.encode())}\r\n{a}\r\n" for a in args)
+    s.sendall(cmd.encode())
+    f = s.makefile("rb")
+    try:
+        return _resp(f)
+    finally:
+        f.close()
+
+
+def _resp(f) -> object:
+    line = f.readline().rstrip(b"\r\n")
+    kind, rest = line[:1], line[1:]
+    if kind == b"+":
+        return rest.decode()
+    if kind == b"-":
+        raise RuntimeError(rest.decode())
+    if kind == b":":
+        return int(rest)
+    if kind == b"$":
+        n = int(rest)
+        if n < 0:
+            return None
+        data = f.read(n + 2)
+        return data[:-2].decode()
+    if kind == b"*":
+        return [_resp(f) for _ in range(int(rest))]
+    raise RuntimeError(f"bad RESP reply {line!r}")
