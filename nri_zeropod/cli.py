@@ -19,13 +19,14 @@ class UserError(Exception):
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
+    from nri_zeropod.agent.admin import AdminError
     from nri_zeropod.cri import CRIError
     from nri_zeropod.node.hostcheck import MissingFeature
     from nri_zeropod.node.node import NodeError
     from nri_zeropod.node.pods import PodError
     from nri_zeropod.proc import CommandError
 
-    return (UserError, CRIError, MissingFeature, NodeError, PodError, CommandError, ValueError, PermissionError)
+    return (UserError, AdminError, CRIError, MissingFeature, NodeError, PodError, CommandError, ValueError, PermissionError)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -42,15 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("--version", action="version", version=f"nri-zeropod {__version__}")
     sub = ap.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    from nri_zeropod.agent import cli as agent_cli
     from nri_zeropod.node import cli as node_cli
 
     node_cli.register(sub)
-    try:
-        from nri_zeropod.agent import cli as agent_cli
-    except ImportError:
-        pass
-    else:
-        agent_cli.register(sub)
+    agent_cli.register(sub)
     return ap
 
 

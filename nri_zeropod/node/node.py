@@ -239,9 +239,10 @@ def down(cfg: NodeConfig, *, log=print) -> bool:
     was_up = _alive_pid(cfg, "containerd") is not None
     from nri_zeropod.node import agentctl
 
-    agentctl.stop(cfg)
     if was_up:
+        # With the agent still up, so that it deletes its per-container state as pods go.
         _remove_all_pods(cfg, log=log)
+    agentctl.stop(cfg)
     stop_pid(cfg, "containerd", grace=15)
     from nri_zeropod.node import cleanup
 

@@ -1,0 +1,1 @@
+"""The node agent: the NRI plugin that manages containers, and the operations on them."""

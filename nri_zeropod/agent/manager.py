@@ -1,0 +1,288 @@
+"""The managed containers of one node and the operations on them.
+
+The manager owns the table of :class:`~nri_zeropod.agent.store.Record` s,
+persists every change through the :class:`~nri_zeropod.agent.store.Store`,
+and runs checkpoints and restores, one at a time per container (a lock each).
+A state change always goes through the lifecycle table, so an operation in
+the wrong state fails with an error that names both. NRI handlers only touch
+the table; the slow work (CRIU) happens in operations started outside them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from nri_zeropod.agent import criu
+from nri_zeropod.agent.lifecycle import Event, State, next_state
+from nri_zeropod.agent.settings import AgentSettings
+from nri_zeropod.agent.store import Record, Store
+
+log = logging.getLogger("nri_zeropod.agent")
+
+
+class AgentError(Exception):
+    """An operation on a container failed; the message names the container."""
+
+
+def label(rec: Record) -> str:
+    return f"{rec.pod_namespace}/{rec.pod_name}/{rec.name}"
+
+
+def start_time(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
+
+
+def keeper_alive(rec: Record) -> bool:
+    return rec.keeper_pid > 0 and start_time(rec.keeper_pid) == rec.keeper_start
+
+
+def container_memory(keeper_pid: int) -> int:
+    """Anonymous memory of the container's memory cgroup, in bytes (0 if unknown)."""
+    try:
+        for f in criu.cgroup_procs_files(keeper_pid):
+            stat = Path(f).with_name("memory.stat")
+            if stat.exists():
+                values = dict(line.split() for line in stat.read_text().splitlines() if line.count(" ") == 1)
+                for key in ("total_rss", "rss", "anon"):
+                    if key in values:
+                        return int(values[key])
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+@dataclass
+class Hooks:
+    """Callbacks for what happens around checkpoints and restores (steering, metrics, events)."""
+
+    before_checkpoint: Callable[[Record], object] | None = None
+    after_checkpoint: Callable[[Record, bool], object] | None = None
+    after_restore: Callable[[Record, bool], object] | None = None
+
+
+class Manager:
+    def __init__(self, settings: AgentSettings, store: Store) -> None:
+        self.settings = settings
+        self.store = store
+        self.records: dict[str, Record] = {}
+        self.locks: dict[str, asyncio.Lock] = {}
+        self.hooks = Hooks()
+
+    # ---- table
+
+    def add(self, rec: Record) -> None:
+        self.records[rec.id] = rec
+        self.locks.setdefault(rec.id, asyncio.Lock())
+        self.store.save(rec)
+
+    def get(self, cid: str) -> Record | None:
+        return self.records.get(cid)
+
+    def lock(self, cid: str) -> asyncio.Lock:
+        return self.locks.setdefault(cid, asyncio.Lock())
+
+    def _move(self, rec: Record, event: Event) -> None:
+        rec.state = next_state(rec.state, event)
+        rec.since = time.time()
+        self.store.write_keeper_state(rec.id, rec.state)
+        self.store.save(rec)
+
+    def resolve(self, ref: str) -> Record:
+        """A record by container id prefix, ``pod/container`` or ``namespace/pod/container``."""
+        parts = ref.split("/")
+        if len(parts) == 1:
+            found = [r for r in self.records.values() if r.id.startswith(ref)] if ref else []
+        elif len(parts) == 2:
+            found = [r for r in self.records.values() if (r.pod_name, r.name) == tuple(parts)]
+        elif len(parts) == 3:
+            found = [r for r in self.records.values() if (r.pod_namespace, r.pod_name, r.name) == tuple(parts)]
+        else:
+            found = []
+        if not found:
+            raise AgentError(f"no managed container matches {ref!r}")
+        if len(found) > 1:
+            names = ", ".join(sorted(label(r) for r in found))
+            raise AgentError(f"{ref!r} matches several containers: {names}")
+        return found[0]
+
+    async def forget(self, cid: str) -> None:
+        """The container is gone: drop it and delete its files (images included)."""
+        rec = self.records.get(cid)
+        if rec is not None and rec.state != State.STOPPED:
+            rec.state = State.STOPPED
+        async with self.lock(cid):
+            self.records.pop(cid, None)
+            self.locks.pop(cid, None)
+            self.store.remove(cid)
+
+    def stopped(self, cid: str) -> None:
+        rec = self.records.get(cid)
+        if rec is not None and rec.state != State.STOPPED:
+            rec.state = next_state(rec.state, Event.STOP)
+            rec.since = time.time()
+            self.store.save(rec)
+
+    # ---- operations
+
+    async def checkpoint(self, cid: str) -> Record:
+        rec = self._must(cid)
+        async with self.lock(cid):
+            return await self._checkpoint_locked(rec)
+
+    async def _checkpoint_locked(self, rec: Record) -> Record:
+        if rec.state != State.RUNNING:
+            next_state(rec.state, Event.CHECKPOINT)  # raises the named error
+        if not keeper_alive(rec):
+            raise AgentError(f"{label(rec)}: the keeper (pid {rec.keeper_pid}) is not running")
+        app = criu.find_app(rec.keeper_pid)
+        if app is None:
+            raise AgentError(f"{label(rec)}: no app process under the keeper (pid {rec.keeper_pid})")
+        rec.app_ns_pid = app.ns_pid
+        rss = container_memory(rec.keeper_pid)
+        self._move(rec, Event.CHECKPOINT)
+        if self.hooks.before_checkpoint:
+            await _maybe_await(self.hooks.before_checkpoint(rec))
+        self.store.clear_images(rec.id)
+        try:
+            took = await criu.dump(
+                keeper_pid=rec.keeper_pid, app=app, images=self.store.images_dir(rec.id),
+                label=label(rec), settings=self.settings.criu,
+            )
+        except criu.CriuError as e:
+            rec.checkpoint_errors += 1
+            rec.last_error = f"checkpoint failed: {e}"
+            self._move(rec, Event.CHECKPOINT_FAILED)
+            log.warning("checkpoint failed", extra={"container": label(rec), "error": str(e), "criu_log": str(e.log)})
+            if self.hooks.after_checkpoint:
+                await _maybe_await(self.hooks.after_checkpoint(rec, False))
+            raise AgentError(str(e)) from None
+        rec.checkpoints += 1
+        rec.last_checkpoint_at = time.time()
+        rec.last_checkpoint_seconds = took
+        rec.rss_at_checkpoint = rss
+        rec.image_bytes = self.store.image_bytes(rec.id)
+        rec.last_error = ""
+        self._move(rec, Event.CHECKPOINTED)
+        log.info(
+            "checkpointed",
+            extra={"container": label(rec), "duration": round(took, 4), "rss": rss, "image_bytes": rec.image_bytes},
+        )
+        if self.hooks.after_checkpoint:
+            await _maybe_await(self.hooks.after_checkpoint(rec, True))
+        return rec
+
+    async def restore(self, cid: str) -> Record:
+        rec = self._must(cid)
+        async with self.lock(cid):
+            return await self._restore_locked(rec)
+
+    async def _restore_locked(self, rec: Record) -> Record:
+        if rec.state != State.SCALED_DOWN:
+            next_state(rec.state, Event.RESTORE)
+        if not keeper_alive(rec):
+            raise AgentError(f"{label(rec)}: the keeper (pid {rec.keeper_pid}) is not running")
+        self._move(rec, Event.RESTORE)
+        try:
+            took = await criu.restore(
+                keeper_pid=rec.keeper_pid, images=self.store.images_dir(rec.id),
+                label=label(rec), settings=self.settings.criu,
+            )
+        except criu.CriuError as e:
+            rec.restore_errors += 1
+            rec.last_error = f"restore failed: {e}"
+            # The keeper sees "running" with no app and ends the container, so
+            # that the runtime restarts it: a clean start beats a hang.
+            self._move(rec, Event.RESTORE_FAILED)
+            log.error("restore failed", extra={"container": label(rec), "error": str(e), "criu_log": str(e.log)})
+            if self.hooks.after_restore:
+                await _maybe_await(self.hooks.after_restore(rec, False))
+            raise AgentError(str(e)) from None
+        rec.restores += 1
+        rec.last_restore_at = time.time()
+        rec.last_restore_seconds = took
+        rec.last_error = ""
+        self._move(rec, Event.RESTORED)
+        # The image holds process memory and its page cache is charged to the container.
+        self.store.clear_images(rec.id)
+        log.info("restored", extra={"container": label(rec), "duration": round(took, 4)})
+        if self.hooks.after_restore:
+            await _maybe_await(self.hooks.after_restore(rec, True))
+        return rec
+
+    def _must(self, cid: str) -> Record:
+        rec = self.records.get(cid)
+        if rec is None:
+            raise AgentError(f"container {cid} is not managed")
+        return rec
+
+    # ---- recovery after an agent restart
+
+    async def recover(self, rec: Record) -> None:
+        """Settle a record a previous agent left in the middle of a checkpoint or restore."""
+        if rec.state not in (State.CHECKPOINTING, State.RESTORING):
+            return
+        async with self.lock(rec.id):
+            # A CRIU the old agent started may still be running: let it finish first.
+            deadline = time.monotonic() + max(self.settings.criu.dump_timeout, self.settings.criu.restore_timeout)
+            while criu.running_in(rec.keeper_pid) and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            app = criu.find_app(rec.keeper_pid) if keeper_alive(rec) else None
+            images = self.store.images_dir(rec.id)
+            before = rec.state
+            if app is not None:
+                rec.state = State.RUNNING
+                self.store.clear_images(rec.id)
+            elif before == State.CHECKPOINTING and criu.dump_complete(images):
+                rec.state = State.SCALED_DOWN
+            elif before == State.RESTORING and criu.dump_complete(images):
+                rec.state = State.SCALED_DOWN
+            else:
+                rec.state = State.RESTORE_FAILED
+                rec.last_error = f"app lost: the agent stopped while {before.value.lower()}"
+            rec.since = time.time()
+            self.store.write_keeper_state(rec.id, rec.state)
+            self.store.save(rec)
+            log.warning(
+                "recovered a container left mid-operation",
+                extra={"container": label(rec), "was": before.value, "now": rec.state.value},
+            )
+
+    # ---- views
+
+    def status(self) -> list[dict[str, object]]:
+        rows: list[dict[str, object]] = []
+        for rec in sorted(self.records.values(), key=lambda r: (r.pod_namespace, r.pod_name, r.name)):
+            app = criu.find_app(rec.keeper_pid) if rec.state == State.RUNNING and keeper_alive(rec) else None
+            rows.append(
+                {
+                    "id": rec.id,
+                    "namespace": rec.pod_namespace,
+                    "pod": rec.pod_name,
+                    "container": rec.name,
+                    "state": rec.state.value,
+                    "since": rec.since,
+                    "keeper_pid": rec.keeper_pid,
+                    "app_pid": app.ns_pid if app else None,
+                    "rss_bytes": container_memory(rec.keeper_pid) if keeper_alive(rec) else 0,
+                    "rss_at_checkpoint": rec.rss_at_checkpoint,
+                    "checkpoints": rec.checkpoints,
+                    "restores": rec.restores,
+                    "last_checkpoint_seconds": rec.last_checkpoint_seconds,
+                    "last_restore_seconds": rec.last_restore_seconds,
+                    "last_error": rec.last_error,
+                }
+            )
+        return rows
+
+
+async def _maybe_await(value: object) -> None:
+    if asyncio.iscoroutine(value):
+        await value

@@ -1,0 +1,204 @@
+"""The agent's NRI plugin: which containers are managed, and how they are rewritten.
+
+CreateContainer decides from the pod's annotations whether a container is
+managed; a managed one gets the toolbox and its state directory mounted
+read-only and the keeper as its entrypoint (the args adjustment on NRI >=
+0.10, the stored-spec rewrite in PostCreateContainer on older runtimes).
+StartContainer refuses a managed container whose bundle lacks the keeper,
+because NRI fails open. Every handler only touches the manager's table; an
+unmanaged container is never touched and never refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Coroutine, Sequence
+from typing import Any
+from pathlib import Path
+
+from nri_zeropod.agent import podconfig
+from nri_zeropod.agent.lifecycle import State
+from nri_zeropod.agent.manager import Manager, keeper_alive, label, start_time
+from nri_zeropod.agent.settings import KEEPER, AgentSettings
+from nri_zeropod.agent.specrewrite import SpecRewriteError, SpecRewriter
+from nri_zeropod.agent.store import Record
+from nri_zeropod.nri import Container, ContainerAdjustment, ContainerUpdate, Mount, Plugin, PodSandbox, Reject
+
+log = logging.getLogger("nri_zeropod.agent")
+
+
+def _names(pod: PodSandbox, container: Container) -> dict[str, str]:
+    return {"pod": f"{pod.namespace}/{pod.name}", "container": container.name}
+
+
+def keeper_in_args(args: Sequence[str]) -> bool:
+    return bool(args) and args[0] == KEEPER
+
+
+def keeper_running(pid: int) -> bool:
+    """Whether ``pid`` (a container's init) is the keeper."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0", 1)[0].decode() == KEEPER
+    except OSError:
+        return False
+
+
+class AgentPlugin(Plugin):
+    def __init__(self, *, settings: AgentSettings, manager: Manager, toolbox_ok: bool) -> None:
+        super().__init__(name=settings.plugin_name, idx=settings.plugin_idx)
+        self.settings = settings
+        self.manager = manager
+        self.toolbox_ok = toolbox_ok
+        self.rewriter = SpecRewriter(str(settings.containerd_socket))
+        # Containers of opted-in pods that run without the keeper (started while we were away).
+        self.unmanaged: dict[str, dict[str, str]] = {}
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def background(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run ``coro`` outside the handler (a handler must answer fast); failures are logged."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self.tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background task failed", exc_info=task.exception())
+
+    def policy(self, pod: PodSandbox, container: Container) -> podconfig.Policy:
+        try:
+            return podconfig.policy(pod.annotations, container.name)
+        except podconfig.AnnotationError as e:
+            log.warning(
+                f"invalid annotation, container runs unmanaged: {e}",
+                extra={**_names(pod, container), "key": e.key, "value": e.value[:200]},
+            )
+            return podconfig.Policy(False, str(e))
+
+    # ---- create
+
+    async def create_container(self, pod: PodSandbox, container: Container) -> ContainerAdjustment | None:
+        pol = self.policy(pod, container)
+        if not pol.managed:
+            return None
+        if not self.toolbox_ok:
+            log.error("toolbox unusable, container runs unmanaged", extra=_names(pod, container))
+            return None
+        store = self.manager.store
+        store.prepare(container.id)
+        rec = Record(
+            id=container.id, name=container.name, pod_id=pod.id, pod_name=pod.name,
+            pod_namespace=pod.namespace, pod_uid=pod.uid, scaledown_seconds=pol.scaledown_seconds,
+            ports=list(pol.ports) if pol.ports is not None else None, probe_detection=pol.probe_detection,
+        )
+        self.manager.add(rec)
+        adjust = ContainerAdjustment(
+            mounts=[
+                Mount(destination="/.zeropod", type="bind", source=str(self.settings.toolbox),
+                      options=["rbind", "ro", "nosuid", "nodev"]),
+                Mount(destination="/.zeropod/state", type="bind", source=str(store.state_dir(container.id)),
+                      options=["rbind", "ro", "nosuid", "nodev", "noexec"]),
+            ]
+        )
+        if self.runtime.supports_args_adjustment:
+            adjust.args.extend([*self.settings.keeper_args, *container.args])
+        log.info("managing container", extra={**_names(pod, container), "id": container.id[:12]})
+        return adjust
+
+    async def post_create_container(self, pod: PodSandbox, container: Container) -> None:
+        if self.manager.get(container.id) is None or self.runtime.supports_args_adjustment:
+            return
+        try:
+            await self.rewriter.prepend_args(container.id, self.settings.keeper_args)
+        except SpecRewriteError as e:
+            # StartContainer will refuse the container: better than running it keeper-less.
+            log.error(f"cannot put the keeper in the spec: {e}", extra=_names(pod, container))
+
+    # ---- start
+
+    async def start_container(self, pod: PodSandbox, container: Container) -> None:
+        rec = self.manager.get(container.id)
+        if rec is None:
+            if self.policy(pod, container).managed and self.toolbox_ok:
+                raise Reject(
+                    f"nri-zeropod: container {container.name} of pod {pod.namespace}/{pod.name} was created while "
+                    "nri-zeropod was not connected, so it lacks the keeper; remove it and create it again"
+                )
+            return
+        args = self._bundle_args(container.id)
+        if args is not None and not keeper_in_args(args):
+            self.manager.stopped(container.id)
+            raise Reject(
+                f"nri-zeropod: container {container.name} of pod {pod.namespace}/{pod.name} lacks the keeper "
+                "(its spec was not rewritten in time); remove it and create it again"
+            )
+        self._set_keeper(rec, container.pid)
+
+    def _bundle_args(self, cid: str) -> list[str] | None:
+        try:
+            spec = json.loads(self.settings.bundle_config(cid).read_text())
+            return list(spec.get("process", {}).get("args", []))
+        except (OSError, ValueError):
+            return None
+
+    def _set_keeper(self, rec: Record, pid: int) -> None:
+        if pid and (pid != rec.keeper_pid or not rec.keeper_start):
+            rec.keeper_pid = pid
+            rec.keeper_start = start_time(pid)
+            self.manager.store.save(rec)
+
+    async def post_start_container(self, pod: PodSandbox, container: Container) -> None:
+        rec = self.manager.get(container.id)
+        if rec is not None:
+            self._set_keeper(rec, container.pid)
+
+    # ---- stop and remove
+
+    async def stop_container(self, pod: PodSandbox, container: Container) -> Sequence[ContainerUpdate] | None:
+        self.manager.stopped(container.id)
+        return None
+
+    async def remove_container(self, pod: PodSandbox, container: Container) -> None:
+        self.unmanaged.pop(container.id, None)
+        if self.manager.get(container.id) is not None or self.manager.store.dir(container.id).exists():
+            await self.manager.forget(container.id)
+
+    # ---- synchronize
+
+    async def synchronize(
+        self, pods: Sequence[PodSandbox], containers: Sequence[Container]
+    ) -> Sequence[ContainerUpdate] | None:
+        by_id = {p.id: p for p in pods}
+        seen = set()
+        for c in containers:
+            pod = by_id.get(c.pod_sandbox_id)
+            if pod is None:
+                continue
+            seen.add(c.id)
+            rec = self.manager.store.load(c.id)
+            if rec is not None:
+                self._adopt(rec, c)
+            elif self.policy(pod, c).managed:
+                self.unmanaged[c.id] = {"namespace": pod.namespace, "pod": pod.name, "container": c.name}
+                log.warning(
+                    "container of an opted-in pod runs without the keeper (started while nri-zeropod was away); "
+                    "it stays unmanaged until it is recreated",
+                    extra=_names(pod, c),
+                )
+        for cid in self.manager.store.ids():
+            if cid not in seen:
+                log.info("removing state of a container the runtime no longer has", extra={"id": cid[:12]})
+                self.manager.store.remove(cid)
+        return None
+
+    def _adopt(self, rec: Record, c: Container) -> None:
+        if c.pid and keeper_running(c.pid):
+            self._set_keeper(rec, c.pid)
+        if not keeper_alive(rec) and rec.state != State.STOPPED:
+            rec.state = State.STOPPED
+        self.manager.add(rec)
+        log.info("adopted container", extra={"container": label(rec), "state": rec.state.value})
+        if rec.state in (State.CHECKPOINTING, State.RESTORING):
+            self.background(self.manager.recover(rec))

@@ -1,0 +1,45 @@
+"""The agent's settings: where things are and how long things may take.
+
+Defaults are what a DaemonSet on a containerd 2.x node uses; the local node
+overrides the paths.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from nri_zeropod.agent.criu import CriuSettings
+
+KEEPER = "/.zeropod/bin/zeropod-init"
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    """Paths and timing of one agent.
+
+    ``containerd_state`` is containerd's state directory: the agent reads a
+    task's bundle (``io.containerd.runtime.v2.task/k8s.io/<id>/config.json``)
+    there to refuse starting a managed container without the keeper.
+    """
+
+    nri_socket: Path = Path("/var/run/nri/nri.sock")
+    containerd_socket: Path = Path("/run/containerd/containerd.sock")
+    containerd_state: Path = Path("/run/containerd")
+    state_dir: Path = Path("/var/lib/nri-zeropod")
+    toolbox: Path = Path("/opt/nri-zeropod/toolbox")
+    admin_socket: Path = Path("/run/nri-zeropod/agent.sock")
+    plugin_name: str = "nri-zeropod"
+    # After resource-policy plugins (the community's default is 90): we only add mounts and args.
+    plugin_idx: str = "95"
+    criu: CriuSettings = field(default_factory=CriuSettings)
+    # A keeper-less container is refused at start only when the bundle cannot be
+    # read this fast; reading config.json takes well under a millisecond.
+    bundle_read_timeout: float = 0.2
+
+    @property
+    def keeper_args(self) -> list[str]:
+        return [KEEPER, "--activator", "--"]
+
+    def bundle_config(self, container_id: str) -> Path:
+        return self.containerd_state / "io.containerd.runtime.v2.task/k8s.io" / container_id / "config.json"
