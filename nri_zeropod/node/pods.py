@@ -101,7 +101,7 @@ def find(cri: CRIClient, name: str, namespace: str = "default") -> list[pb.PodSa
     return cri.list_pod_sandbox(labels={POD_NAME: name, POD_NAMESPACE: namespace})
 
 
-def _sandbox_config(cfg: NodeConfig, spec: PodSpec, uid: str) -> pb.PodSandboxConfig:
+def sandbox_config(cfg: NodeConfig, spec: PodSpec, uid: str) -> pb.PodSandboxConfig:
     labels = {**spec.labels, POD_NAME: spec.name, POD_NAMESPACE: spec.namespace, POD_UID: uid}
     return pb.PodSandboxConfig(
         metadata=pb.PodSandboxMetadata(name=spec.name, namespace=spec.namespace, uid=uid, attempt=0),
@@ -119,7 +119,7 @@ def _sandbox_config(cfg: NodeConfig, spec: PodSpec, uid: str) -> pb.PodSandboxCo
     )
 
 
-def _container_config(spec: PodSpec, c: ContainerSpec, *, uid: str, image: str) -> pb.ContainerConfig:
+def container_config(spec: PodSpec, c: ContainerSpec, *, uid: str, image: str) -> pb.ContainerConfig:
     labels = {**c.labels, CONTAINER_NAME: c.name, POD_NAME: spec.name, POD_NAMESPACE: spec.namespace, POD_UID: uid}
     annotations = {
         **c.annotations,
@@ -162,13 +162,13 @@ def run_pod(cri: CRIClient, cfg: NodeConfig, spec: PodSpec, *, start: bool = Tru
         raise PodError(f"pod {spec.namespace}/{spec.name} already exists")
     images = {c.name: resolve_image(cri, c.image) for c in spec.containers}
     uid = str(uuid.uuid4())
-    sandbox = _sandbox_config(cfg, spec, uid)
+    sandbox = sandbox_config(cfg, spec, uid)
     Path(sandbox.log_directory).mkdir(parents=True, exist_ok=True)
     pod_id = cri.run_pod_sandbox(sandbox)
     containers: dict[str, str] = {}
     try:
         for c in spec.containers:
-            config = _container_config(spec, c, uid=uid, image=images[c.name])
+            config = container_config(spec, c, uid=uid, image=images[c.name])
             containers[c.name] = cri.create_container(pod_id, config, sandbox)
             if start:
                 cri.start_container(containers[c.name])
