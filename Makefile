@@ -13,9 +13,10 @@ setup:
 	hack/setup.sh
 
 include init/init.mk
+include init/helper.mk
 include bpf/bpf.mk
 
-build: $(BUILD)/zeropod-init $(BUILD)/steer.bpf.o
+build: $(BUILD)/zeropod-init $(BUILD)/zeropod-criu $(BUILD)/steer.bpf.o
 
 demo: setup
 	$(VENV)/bin/nri-zeropod demo

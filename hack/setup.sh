@@ -136,7 +136,7 @@ toolbox() {
     local files=() p
     for p in $pkgs; do files+=("$(deb_file "$p")"); done
     local key
-    key="$(printf '%s\n' "${files[@]}" | xargs -n1 basename | sort | tr '\n' ' ') init=$(sha256sum "$REPO/build/zeropod-init" | cut -c1-16)"
+    key="$(printf '%s\n' "${files[@]}" | xargs -n1 basename | sort | tr '\n' ' ') $(cat "$REPO/build/zeropod-init" "$REPO/build/zeropod-criu" | sha256sum | cut -c1-16)"
     stamp_ok toolbox "$key" && [ -x "$OPT/toolbox/bin/criu" ] && return 0
     log "assembling the CRIU toolbox in $OPT/toolbox"
     local tmp=$OPT/toolbox.tmp new=$OPT/toolbox.new
@@ -150,7 +150,7 @@ toolbox() {
         [ -e "$so" ] && cp -a "$so" "$new/lib/"
     done
     [ -e "$new/lib/ld-linux-x86-64.so.2" ] || die "toolbox: no ld-linux-x86-64.so.2 in the unpacked libc6"
-    cp "$REPO/build/zeropod-init" "$new/bin/zeropod-init"
+    cp "$REPO/build/zeropod-init" "$REPO/build/zeropod-criu" "$new/bin/"
     "$new/lib/ld-linux-x86-64.so.2" --library-path "$new/lib" "$new/bin/criu" --version | head -n 1 >"$new/VERSION"
     rm -rf "$tmp" "$OPT/toolbox" && mv "$new" "$OPT/toolbox"
     stamp_set toolbox "$key"

@@ -132,3 +132,25 @@ def listeners(pid: int, proc: Path = Path("/proc")) -> list[Listener]:
 def listening_ports(pid: int, proc: Path = Path("/proc")) -> set[int]:
     """Just the port numbers of :func:`listeners`."""
     return {lst.port for lst in listeners(pid, proc)}
+
+
+def parse_socket_states(text: str) -> list[tuple[str, int]]:
+    """(state as the kernel's hex code, socket inode) for every line of /proc/net/tcp or tcp6."""
+    out = []
+    for line in text.splitlines()[1:]:
+        fields = line.split()
+        if len(fields) >= 10:
+            out.append((fields[3], int(fields[9])))
+    return out
+
+
+def connections(pid: int, proc: Path = Path("/proc")) -> int:
+    """How many connected (not listening) TCP sockets ``pid`` and its descendants hold."""
+    inodes: set[int] = set()
+    for p in process_tree(pid, proc):
+        inodes |= socket_inodes(p, proc)
+    count = 0
+    for name in ("tcp", "tcp6"):
+        text = _read(proc / str(pid) / "net" / name) or ""
+        count += sum(1 for state, inode in parse_socket_states(text) if inode in inodes and state != TCP_LISTEN_HEX)
+    return count

@@ -31,7 +31,7 @@ MIN_CRIU = (4, 2)
 def check_toolbox(toolbox: Path) -> str | None:
     """None if the toolbox can checkpoint on this kernel, else why not (one line)."""
     ld, criu = toolbox / "lib/ld-linux-x86-64.so.2", toolbox / "bin/criu"
-    for need in (ld, criu, toolbox / "bin/zeropod-init", toolbox / "state"):
+    for need in (ld, criu, toolbox / "bin/zeropod-init", toolbox / "bin/zeropod-criu", toolbox / "state"):
         if not need.exists():
             return f"the toolbox at {toolbox} lacks {need.relative_to(toolbox)}"
     try:
@@ -72,7 +72,7 @@ class Agent:
                     rec = await self.manager.checkpoint(rec.id)
                     took = rec.last_checkpoint_seconds
                 else:
-                    rec = await self.manager.restore(rec.id)
+                    rec = await self.manager.restore(rec.id, prepared=bool(req.get("prepared", True)))
                     took = rec.last_restore_seconds
             except AgentError as e:
                 return {"ok": False, "error": str(e)}

@@ -75,6 +75,8 @@ class Manager:
         self.records: dict[str, Record] = {}
         self.locks: dict[str, asyncio.Lock] = {}
         self.hooks = Hooks()
+        # Restores made ready right after each checkpoint (see criu.Restorer).
+        self.restorers: dict[str, criu.Restorer] = {}
 
     # ---- table
 
@@ -119,11 +121,31 @@ class Manager:
         if rec is not None and rec.state != State.STOPPED:
             rec.state = State.STOPPED
         async with self.lock(cid):
+            await self._drop_restorer(cid)
             self.records.pop(cid, None)
             self.locks.pop(cid, None)
             self.store.remove(cid)
 
+    async def _drop_restorer(self, cid: str) -> None:
+        restorer = self.restorers.pop(cid, None)
+        if restorer is not None:
+            await restorer.cancel()
+
+    async def _prepare_restore(self, rec: Record) -> None:
+        """Make the next restore ready now; on failure the restore prepares one itself."""
+        await self._drop_restorer(rec.id)
+        try:
+            self.restorers[rec.id] = await criu.Restorer.spawn(
+                keeper_pid=rec.keeper_pid, images=self.store.images_dir(rec.id), label=label(rec),
+                settings=self.settings.criu,
+            )
+        except criu.CriuError as e:
+            log.warning("cannot prepare the restore ahead", extra={"container": label(rec), "error": str(e)})
+
     def stopped(self, cid: str) -> None:
+        restorer = self.restorers.pop(cid, None)
+        if restorer is not None:
+            asyncio.get_running_loop().create_task(restorer.cancel())
         rec = self.records.get(cid)
         if rec is not None and rec.state != State.STOPPED:
             rec.state = next_state(rec.state, Event.STOP)
@@ -171,6 +193,7 @@ class Manager:
         rec.image_bytes = self.store.image_bytes(rec.id)
         rec.last_error = ""
         self._move(rec, Event.CHECKPOINTED)
+        await self._prepare_restore(rec)
         log.info(
             "checkpointed",
             extra={"container": label(rec), "duration": round(took, 4), "rss": rss, "image_bytes": rec.image_bytes},
@@ -179,9 +202,12 @@ class Manager:
             await _maybe_await(self.hooks.after_checkpoint(rec, True))
         return rec
 
-    async def restore(self, cid: str) -> Record:
+    async def restore(self, cid: str, *, prepared: bool = True) -> Record:
+        """Restore now; ``prepared=False`` ignores the restore made ready after the checkpoint."""
         rec = self._must(cid)
         async with self.lock(cid):
+            if not prepared:
+                await self._drop_restorer(cid)
             return await self._restore_locked(rec)
 
     async def _restore_locked(self, rec: Record) -> Record:
@@ -190,11 +216,16 @@ class Manager:
         if not keeper_alive(rec):
             raise AgentError(f"{label(rec)}: the keeper (pid {rec.keeper_pid}) is not running")
         self._move(rec, Event.RESTORE)
+        restorer = self.restorers.pop(rec.id, None)
         try:
-            took = await criu.restore(
-                keeper_pid=rec.keeper_pid, images=self.store.images_dir(rec.id),
-                label=label(rec), settings=self.settings.criu,
-            )
+            if restorer is None or not restorer.ready:
+                if restorer is not None:
+                    await restorer.cancel()
+                restorer = await criu.Restorer.spawn(
+                    keeper_pid=rec.keeper_pid, images=self.store.images_dir(rec.id),
+                    label=label(rec), settings=self.settings.criu,
+                )
+            took = await restorer.fire()
         except criu.CriuError as e:
             rec.restore_errors += 1
             rec.last_error = f"restore failed: {e}"
@@ -273,6 +304,7 @@ class Manager:
                     "app_pid": app.ns_pid if app else None,
                     "rss_bytes": container_memory(rec.keeper_pid) if keeper_alive(rec) else 0,
                     "rss_at_checkpoint": rec.rss_at_checkpoint,
+                    "image_bytes": rec.image_bytes,
                     "checkpoints": rec.checkpoints,
                     "restores": rec.restores,
                     "last_checkpoint_seconds": rec.last_checkpoint_seconds,

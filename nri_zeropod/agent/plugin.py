@@ -55,6 +55,8 @@ class AgentPlugin(Plugin):
         # Containers of opted-in pods that run without the keeper (started while we were away).
         self.unmanaged: dict[str, dict[str, str]] = {}
         self.tasks: set[asyncio.Task[None]] = set()
+        # Containers seen at creation and left unmanaged: not re-examined at start.
+        self.passed_over: set[str] = set()
 
     def background(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run ``coro`` outside the handler (a handler must answer fast); failures are logged."""
@@ -81,10 +83,10 @@ class AgentPlugin(Plugin):
 
     async def create_container(self, pod: PodSandbox, container: Container) -> ContainerAdjustment | None:
         pol = self.policy(pod, container)
-        if not pol.managed:
-            return None
-        if not self.toolbox_ok:
-            log.error("toolbox unusable, container runs unmanaged", extra=_names(pod, container))
+        if not pol.managed or not self.toolbox_ok:
+            if pol.managed:
+                log.error("toolbox unusable, container runs unmanaged", extra=_names(pod, container))
+            self.passed_over.add(container.id)
             return None
         store = self.manager.store
         store.prepare(container.id)
@@ -121,6 +123,8 @@ class AgentPlugin(Plugin):
     async def start_container(self, pod: PodSandbox, container: Container) -> None:
         rec = self.manager.get(container.id)
         if rec is None:
+            if container.id in self.passed_over:
+                return  # decided (and logged) at creation
             if self.policy(pod, container).managed and self.toolbox_ok:
                 raise Reject(
                     f"nri-zeropod: container {container.name} of pod {pod.namespace}/{pod.name} was created while "
@@ -162,6 +166,7 @@ class AgentPlugin(Plugin):
 
     async def remove_container(self, pod: PodSandbox, container: Container) -> None:
         self.unmanaged.pop(container.id, None)
+        self.passed_over.discard(container.id)
         if self.manager.get(container.id) is not None or self.manager.store.dir(container.id).exists():
             await self.manager.forget(container.id)
 

@@ -6,7 +6,7 @@ overrides the paths.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from nri_zeropod.agent.criu import CriuSettings
@@ -32,10 +32,14 @@ class AgentSettings:
     plugin_name: str = "nri-zeropod"
     # After resource-policy plugins (the community's default is 90): we only add mounts and args.
     plugin_idx: str = "95"
-    criu: CriuSettings = field(default_factory=CriuSettings)
+    criu_log_level: int = 4
     # A keeper-less container is refused at start only when the bundle cannot be
     # read this fast; reading config.json takes well under a millisecond.
     bundle_read_timeout: float = 0.2
+
+    @property
+    def criu(self) -> CriuSettings:
+        return CriuSettings(host_toolbox=str(self.toolbox), kdat_dir=str(self.state_dir), log_level=self.criu_log_level)
 
     @property
     def keeper_args(self) -> list[str]:

@@ -117,9 +117,18 @@ class Store:
         return sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
     def clear_images(self, cid: str) -> None:
+        """Delete the image files; CRIU's logs stay for inspection until the next run overwrites them."""
         d = self.images_dir(cid)
-        shutil.rmtree(d, ignore_errors=True)
-        d.mkdir(mode=0o700, exist_ok=True)
+        if not d.is_dir():
+            d.mkdir(mode=0o700, exist_ok=True)
+            return
+        for p in d.iterdir():
+            if p.suffix == ".log" and p.is_file():
+                continue
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
 
     def image_bytes(self, cid: str) -> int:
         total = 0

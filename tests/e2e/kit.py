@@ -108,3 +108,67 @@ def _resp(f) -> object:
     if kind == b"*":
         return [_resp(f) for _ in range(int(rest))]
     raise RuntimeError(f"bad RESP reply {line!r}")
+
+
+# ---- the agent
+
+
+MANAGED = {"nri-zeropod.dev/enabled": "true"}
+
+
+def admin(n: Node, op: str, container: str | None = None, *, timeout: float = 120, **fields: object) -> dict:
+    from nri_zeropod.agent import admin as adm
+
+    req: dict[str, object] = {"op": op, **fields}
+    if container is not None:
+        req["container"] = container
+    return adm.request(n.cfg.prefix / "agent.sock", req, timeout=timeout)
+
+
+def checkpoint(n: Node, cid: str) -> dict:
+    reply = admin(n, "checkpoint", cid)
+    assert reply.get("ok"), reply
+    return reply
+
+
+def restore(n: Node, cid: str) -> dict:
+    reply = admin(n, "restore", cid)
+    assert reply.get("ok"), reply
+    return reply
+
+
+def status_of(n: Node, cid: str) -> dict:
+    for c in admin(n, "status")["containers"]:
+        if c["id"] == cid:
+            return c
+    raise AssertionError(f"{cid[:12]} is not in the agent's status")
+
+
+def keeper_pid(n: Node, cid: str) -> int:
+    return int(n.cri.container_info(cid)["pid"])
+
+
+def app_of(n: Node, cid: str):
+    from nri_zeropod.agent import criu
+
+    return criu.find_app(keeper_pid(n, cid))
+
+
+def anon_memory(n: Node, cid: str) -> int:
+    from nri_zeropod.agent.manager import container_memory
+
+    return container_memory(keeper_pid(n, cid))
+
+
+def cri_log(n: Node, pod: pods.Pod, container: str) -> str:
+    status = n.cri.container_status(pod.containers[container]).status
+    return Path(status.log_path).read_text(errors="replace")
+
+
+def agent_log(n: Node) -> str:
+    return (n.cfg.logs / "agent-supervisor.log").read_text(errors="replace")
+
+
+def admin_restore_cold(n: Node, cid: str) -> dict:
+    """A restore prepared on the spot rather than the one made ready after the checkpoint."""
+    return admin(n, "restore", cid, prepared=False)

@@ -110,3 +110,15 @@ def test_this_process(tmp_path: Path) -> None:
         s.listen()
         port = s.getsockname()[1]
         assert Listener(port, socket.AF_INET, "127.0.0.1") in ports.listeners(os.getpid())
+
+
+def test_parse_socket_states_and_connected_count() -> None:
+    from nri_zeropod.ports import parse_socket_states
+
+    text = (
+        "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n"
+        "   0: 00000000:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 111 1\n"
+        "   1: 0100007F:1F90 0100007F:C350 01 00000000:00000000 00:00000000 00000000     0        0 222 1\n"
+        "   2: 0100007F:C350 0100007F:1F90 06 00000000:00000000 03:00000000 00000000     0        0 0 3\n"
+    )
+    assert parse_socket_states(text) == [("0A", 111), ("01", 222), ("06", 0)]
