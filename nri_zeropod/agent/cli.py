@@ -27,6 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--toolbox", type=Path, default=d.toolbox)
     a.add_argument("--admin-socket", type=Path, default=d.admin_socket)
     a.add_argument("--plugin-idx", default=d.plugin_idx)
+    a.add_argument("--bpf-pins", type=Path, default=d.bpf_pins, help="bpffs directory for per-pod steering pins")
+    a.add_argument("--bpf-object", type=Path, default=None, help="the compiled steering program (steer.bpf.o)")
     a.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     a.add_argument("--log-format", default="auto", choices=["auto", "json", "text"])
     a.set_defaults(func=cmd_agent)
@@ -53,6 +55,8 @@ def cmd_agent(args: argparse.Namespace) -> int:
         toolbox=args.toolbox,
         admin_socket=args.admin_socket,
         plugin_idx=args.plugin_idx,
+        bpf_pins=args.bpf_pins,
+        bpf_object=args.bpf_object,
     )
     return asyncio.run(Agent(settings).run())
 

@@ -18,9 +18,11 @@ from typing import Any
 from nri_zeropod.agent import admin
 from nri_zeropod.agent.manager import AgentError, Manager
 from nri_zeropod.agent.plugin import AgentPlugin
+from nri_zeropod.agent.scaler import PodSteering, Scalers
 from nri_zeropod.agent.settings import AgentSettings
 from nri_zeropod.agent.store import Store
 from nri_zeropod.nri import ConnectionLost, RegistrationError
+from nri_zeropod.bpf.pins import ensure_bpffs
 from nri_zeropod.proc import CommandError, run
 
 log = logging.getLogger("nri_zeropod.agent")
@@ -56,7 +58,12 @@ class Agent:
         problem = check_toolbox(settings.toolbox)
         if problem:
             log.error(f"containers will run unmanaged: {problem}")
-        self.plugin = AgentPlugin(settings=settings, manager=self.manager, toolbox_ok=problem is None)
+        self.scalers = Scalers(
+            manager=self.manager, steering=PodSteering(pin_root=settings.bpf_pins, obj_path=settings.bpf_object)
+        )
+        self.plugin = AgentPlugin(
+            settings=settings, manager=self.manager, scalers=self.scalers, toolbox_ok=problem is None
+        )
 
     async def handle(self, req: dict[str, Any]) -> dict[str, Any]:
         op = req["op"]
@@ -64,7 +71,8 @@ class Agent:
             return {"ok": True, "synchronized": self.plugin.synchronized.is_set()}
         if op == "status":
             unmanaged = [{**u, "id": cid, "state": "UNMANAGED"} for cid, u in sorted(self.plugin.unmanaged.items())]
-            return {"ok": True, "containers": self.manager.status(), "unmanaged": unmanaged}
+            rows = [{**row, **self.scalers.view(str(row["id"]))} for row in self.manager.status()]
+            return {"ok": True, "containers": rows, "unmanaged": unmanaged}
         if op in ("checkpoint", "restore"):
             try:
                 rec = self.manager.resolve(str(req.get("container", "")))
@@ -83,6 +91,10 @@ class Agent:
 
     async def run(self) -> int:
         self.store.ensure()
+        try:
+            ensure_bpffs()
+        except OSError as e:
+            log.error(f"no bpf filesystem, scale-to-zero steering will fail: {e}")
         server = await admin.serve(self.settings.admin_socket, self.handle)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

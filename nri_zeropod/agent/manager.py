@@ -29,6 +29,10 @@ class AgentError(Exception):
     """An operation on a container failed; the message names the container."""
 
 
+class NotIdle(AgentError):
+    """An automatic scale-down found the container busy after all; nothing was changed."""
+
+
 def label(rec: Record) -> str:
     return f"{rec.pod_namespace}/{rec.pod_name}/{rec.name}"
 
@@ -61,9 +65,14 @@ def container_memory(keeper_pid: int) -> int:
 
 @dataclass
 class Hooks:
-    """Callbacks for what happens around checkpoints and restores (steering, metrics, events)."""
+    """Callbacks around checkpoints and restores (steering, metrics, events).
 
-    before_checkpoint: Callable[[Record], object] | None = None
+    ``before_checkpoint(rec, automatic)`` runs under the container's lock
+    before anything changes and may raise :class:`NotIdle` to call an
+    automatic scale-down off.
+    """
+
+    before_checkpoint: Callable[[Record, bool], object] | None = None
     after_checkpoint: Callable[[Record, bool], object] | None = None
     after_restore: Callable[[Record, bool], object] | None = None
 
@@ -154,12 +163,22 @@ class Manager:
 
     # ---- operations
 
-    async def checkpoint(self, cid: str) -> Record:
+    async def checkpoint(self, cid: str, *, automatic: bool = False) -> Record:
         rec = self._must(cid)
         async with self.lock(cid):
-            return await self._checkpoint_locked(rec)
+            return await self._checkpoint_locked(rec, automatic=automatic)
 
-    async def _checkpoint_locked(self, rec: Record) -> Record:
+    async def ensure_running(self, cid: str) -> Record:
+        """Restore if scaled down (once: later callers find it running); wait out a checkpoint first."""
+        rec = self._must(cid)
+        async with self.lock(cid):
+            if rec.state == State.SCALED_DOWN:
+                return await self._restore_locked(rec)
+            if rec.state != State.RUNNING:
+                raise AgentError(f"{label(rec)} is {rec.state.value}")
+            return rec
+
+    async def _checkpoint_locked(self, rec: Record, *, automatic: bool) -> Record:
         if rec.state != State.RUNNING:
             next_state(rec.state, Event.CHECKPOINT)  # raises the named error
         if not keeper_alive(rec):
@@ -168,10 +187,10 @@ class Manager:
         if app is None:
             raise AgentError(f"{label(rec)}: no app process under the keeper (pid {rec.keeper_pid})")
         rec.app_ns_pid = app.ns_pid
+        if self.hooks.before_checkpoint:
+            await _maybe_await(self.hooks.before_checkpoint(rec, automatic))
         rss = container_memory(rec.keeper_pid)
         self._move(rec, Event.CHECKPOINT)
-        if self.hooks.before_checkpoint:
-            await _maybe_await(self.hooks.before_checkpoint(rec))
         self.store.clear_images(rec.id)
         try:
             took = await criu.dump(

@@ -21,6 +21,7 @@ from pathlib import Path
 from nri_zeropod.agent import podconfig
 from nri_zeropod.agent.lifecycle import State
 from nri_zeropod.agent.manager import Manager, keeper_alive, label, start_time
+from nri_zeropod.agent.scaler import Scalers
 from nri_zeropod.agent.settings import KEEPER, AgentSettings
 from nri_zeropod.agent.specrewrite import SpecRewriteError, SpecRewriter
 from nri_zeropod.agent.store import Record
@@ -46,10 +47,11 @@ def keeper_running(pid: int) -> bool:
 
 
 class AgentPlugin(Plugin):
-    def __init__(self, *, settings: AgentSettings, manager: Manager, toolbox_ok: bool) -> None:
+    def __init__(self, *, settings: AgentSettings, manager: Manager, scalers: Scalers, toolbox_ok: bool) -> None:
         super().__init__(name=settings.plugin_name, idx=settings.plugin_idx)
         self.settings = settings
         self.manager = manager
+        self.scalers = scalers
         self.toolbox_ok = toolbox_ok
         self.rewriter = SpecRewriter(str(settings.containerd_socket))
         # Containers of opted-in pods that run without the keeper (started while we were away).
@@ -157,18 +159,31 @@ class AgentPlugin(Plugin):
         rec = self.manager.get(container.id)
         if rec is not None:
             self._set_keeper(rec, container.pid)
+            self.scalers.start(rec)
 
     # ---- stop and remove
 
     async def stop_container(self, pod: PodSandbox, container: Container) -> Sequence[ContainerUpdate] | None:
-        self.manager.stopped(container.id)
+        if self.manager.get(container.id) is not None:
+            self.manager.stopped(container.id)
+            self.background(self.scalers.stop(container.id))
         return None
 
     async def remove_container(self, pod: PodSandbox, container: Container) -> None:
         self.unmanaged.pop(container.id, None)
         self.passed_over.discard(container.id)
         if self.manager.get(container.id) is not None or self.manager.store.dir(container.id).exists():
-            await self.manager.forget(container.id)
+            self.background(self._remove(container.id))
+
+    async def _remove(self, cid: str) -> None:
+        await self.scalers.stop(cid)
+        await self.manager.forget(cid)
+
+    async def remove_pod_sandbox(self, pod: PodSandbox) -> None:
+        if any(r.pod_id == pod.id for r in self.manager.records.values()) or (
+            self.scalers.steering.pin_root / pod.id
+        ).exists():
+            self.background(self.scalers.pod_removed(pod.id))
 
     # ---- synchronize
 
@@ -196,6 +211,7 @@ class AgentPlugin(Plugin):
             if cid not in seen:
                 log.info("removing state of a container the runtime no longer has", extra={"id": cid[:12]})
                 self.manager.store.remove(cid)
+        self.scalers.sweep(set(by_id))
         return None
 
     def _adopt(self, rec: Record, c: Container) -> None:
@@ -205,5 +221,9 @@ class AgentPlugin(Plugin):
             rec.state = State.STOPPED
         self.manager.add(rec)
         log.info("adopted container", extra={"container": label(rec), "state": rec.state.value})
-        if rec.state in (State.CHECKPOINTING, State.RESTORING):
-            self.background(self.manager.recover(rec))
+        self.background(self._resume(rec))
+
+    async def _resume(self, rec: Record) -> None:
+        await self.manager.recover(rec)
+        if rec.state in (State.RUNNING, State.SCALED_DOWN):
+            self.scalers.start(rec)

@@ -33,6 +33,9 @@ class AgentSettings:
     # After resource-policy plugins (the community's default is 90): we only add mounts and args.
     plugin_idx: str = "95"
     criu_log_level: int = 4
+    # Where each pod's steering link and maps are pinned (one directory per pod).
+    bpf_pins: Path = Path("/sys/fs/bpf/nri-zeropod")
+    bpf_object: Path | None = None  # default: NRI_ZEROPOD_BPF_OBJ or the build directory
     # A keeper-less container is refused at start only when the bundle cannot be
     # read this fast; reading config.json takes well under a millisecond.
     bundle_read_timeout: float = 0.2

@@ -96,6 +96,23 @@ def cgroups(parent: str) -> None:
                 pass
 
 
+def bpf_pins(cfg: NodeConfig) -> None:
+    """Pins the agent left (pods removed while it was down); the pins' directory itself."""
+    if not cfg.bpf_pins.is_dir():
+        return
+    from nri_zeropod.bpf import Steering
+
+    for pod_dir in cfg.bpf_pins.iterdir():
+        try:
+            Steering.remove(pod_dir)
+        except OSError:
+            pass
+    try:
+        cfg.bpf_pins.rmdir()
+    except OSError:
+        pass
+
+
 def runtime_leftovers(cfg: NodeConfig) -> None:
     """Empty directories containerd's shims and libcni leave behind, and the node's run state."""
     shutil.rmtree(cfg.containerd_state, ignore_errors=True)

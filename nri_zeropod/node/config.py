@@ -104,6 +104,11 @@ class NodeConfig:
         return self.prefix / "agent"
 
     @property
+    def bpf_pins(self) -> Path:
+        """Per-pod steering pins of this node's agent (kept apart from other nodes' on this host)."""
+        return Path("/sys/fs/bpf") / f"nri-zeropod-{self.prefix.name}"
+
+    @property
     def pids(self) -> Path:
         return self.prefix / "pids"
 

@@ -73,7 +73,7 @@ def _alive_pid(cfg: NodeConfig, name: str) -> int | None:
     """The recorded pid of ``name`` if that process is still the one we started."""
     try:
         pid, start = _pid_file(cfg, name).read_text().split()
-        if _start_time(int(pid)) == start:
+        if _start_time(int(pid)) == start and _exists(int(pid)):
             return int(pid)
     except (OSError, ValueError):
         pass
@@ -250,6 +250,7 @@ def down(cfg: NodeConfig, *, log=print) -> bool:
     cleanup.mounts(cfg.prefix)
     cleanup.network(cfg)
     cleanup.cgroups(cfg.cgroup_parent)
+    cleanup.bpf_pins(cfg)
     cleanup.runtime_leftovers(cfg)
     try:
         ptr = json.loads(paths.node_pointer().read_text())

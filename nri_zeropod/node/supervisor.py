@@ -33,6 +33,7 @@ def agent_argv(cfg: NodeConfig) -> list[str]:
         "--state-dir", str(cfg.agent_state),
         "--toolbox", str(paths.toolbox_dir()),
         "--admin-socket", str(cfg.prefix / "agent.sock"),
+        "--bpf-pins", str(cfg.bpf_pins),
         "--log-format", "json",
     ]
 
