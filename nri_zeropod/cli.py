@@ -26,7 +26,10 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from nri_zeropod.node.pods import PodError
     from nri_zeropod.proc import CommandError
 
-    return (UserError, AdminError, CRIError, MissingFeature, NodeError, PodError, CommandError, ValueError, PermissionError)
+    return (
+        UserError, AdminError, CRIError, MissingFeature, NodeError, PodError, CommandError, ValueError,
+        PermissionError, RuntimeError, OSError,
+    )
 
 
 class _Parser(argparse.ArgumentParser):
@@ -45,9 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     from nri_zeropod.agent import cli as agent_cli
     from nri_zeropod.node import cli as node_cli
+    from nri_zeropod.node import demo
 
     node_cli.register(sub)
     agent_cli.register(sub)
+    demo.register(sub)
     return ap
 
 

@@ -38,7 +38,10 @@ nogroup:x:65534:
 """
 INDEX_HTML = "<!doctype html><title>nri-zeropod</title><p>hello from nri-zeropod ({app})</p>\n"
 
-NGINX_CONF = """worker_processes 2;
+# Workers run as root: on hosts where the agent lacks CAP_SYS_RESOURCE (such as
+# the machines the tests run on) CRIU cannot read another user's rlimits.
+NGINX_CONF = """user root;
+worker_processes 2;
 daemon off;
 error_log stderr notice;
 pid /tmp/nginx.pid;
