@@ -33,6 +33,7 @@ ENV = {
     "NRI_ZEROPOD_NODE_PREFIX": "/var/lib/nri-zeropod-bench-cr",
     "NRI_ZEROPOD_BRIDGE": "nzcbr0",
     "NRI_ZEROPOD_SUBNET": "10.213.81.0/24",
+    "NRI_ZEROPOD_METRICS_ADDR": "",
     "NRI_ZEROPOD_CGROUP": "/nri-zeropod-bench-cr",
 }
 os.environ.update(ENV)

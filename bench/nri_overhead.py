@@ -43,6 +43,7 @@ BENCH_ENV = {
     "NRI_ZEROPOD_NODE_PREFIX": "/var/lib/nri-zeropod-bench",
     "NRI_ZEROPOD_BRIDGE": "nzbbr0",
     "NRI_ZEROPOD_SUBNET": "10.213.80.0/24",
+    "NRI_ZEROPOD_METRICS_ADDR": "",
     "NRI_ZEROPOD_CGROUP": "/nri-zeropod-bench",
 }
 POD = "nri-bench"

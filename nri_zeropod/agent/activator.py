@@ -133,7 +133,7 @@ class Activator:
     def __init__(
         self,
         *,
-        label: str,
+        fields: dict[str, str],
         sock: socket.socket,
         netns_path: Path,
         steering: Steering,
@@ -142,7 +142,7 @@ class Activator:
         wake: Callable[[], Awaitable[None]],
         woken: Callable[[float], None],
     ) -> None:
-        self.label = label
+        self.fields = fields
         self.sock = sock
         self.netns_path = netns_path
         self.steering = steering
@@ -165,7 +165,7 @@ class Activator:
             except OSError as e:
                 if self._closed:
                     return
-                log.warning("activator accept failed", extra={"container": self.label, "error": str(e)})
+                log.warning("activator accept failed", extra={**self.fields, "error": str(e)})
                 await asyncio.sleep(0.1)
                 continue
             task = loop.create_task(self._serve(conn))
@@ -210,7 +210,7 @@ class Activator:
                 steering=self.steering, timeout=DIAL_TIMEOUT,
             )
         except Exception as e:  # noqa: BLE001 - the client gets a closed connection, the agent goes on
-            log.error("cannot hand a connection to the app", extra={"container": self.label, "error": str(e)})
+            log.error("cannot hand a connection to the app", extra={**self.fields, "error": str(e)})
             conn.close()
             return
         self.woken(time.monotonic() - accepted_at)

@@ -29,12 +29,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--plugin-idx", default=d.plugin_idx)
     a.add_argument("--bpf-pins", type=Path, default=d.bpf_pins, help="bpffs directory for per-pod steering pins")
     a.add_argument("--bpf-object", type=Path, default=None, help="the compiled steering program (steer.bpf.o)")
+    a.add_argument("--metrics-addr", default=d.metrics_addr,
+                   help=f"Prometheus endpoint HOST:PORT, '' to turn it off (default {d.metrics_addr!r}, path /metrics)")
     a.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     a.add_argument("--log-format", default="auto", choices=["auto", "json", "text"])
     a.set_defaults(func=cmd_agent)
 
     s = sub.add_parser("status", help="show the managed containers")
     s.add_argument("--json", action="store_true")
+    s.add_argument("--watch", "-w", type=float, nargs="?", const=2.0, default=0.0, metavar="SECONDS",
+                   help="refresh every SECONDS (2 by default) until interrupted")
     s.set_defaults(func=cmd_status)
     for verb in ("checkpoint", "restore"):
         c = sub.add_parser(verb, help=f"{verb} a managed container now")
@@ -57,6 +61,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
         plugin_idx=args.plugin_idx,
         bpf_pins=args.bpf_pins,
         bpf_object=args.bpf_object,
+        metrics_addr=args.metrics_addr,
     )
     return asyncio.run(Agent(settings).run())
 
@@ -90,25 +95,42 @@ def cmd_operation(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    reply = _call({"op": "status"})
-    if args.json:
-        print(json.dumps(reply, indent=1))
-        return 0
+    while True:
+        reply = _call({"op": "status"})
+        if args.json:
+            print(json.dumps(reply, indent=1), flush=True)
+        else:
+            if args.watch:
+                print("\033[H\033[2J", end="")
+            print_status(reply)
+        if not args.watch:
+            return 0
+        time.sleep(args.watch)
+
+
+def print_status(reply: dict[str, Any]) -> None:
     rows: list[tuple[str, ...]] = []
     for c in reply.get("containers", []):
+        up_for = time.time() - c["since"]
+        reason = "-"
+        if c["state"] == "RUNNING" and c["scaledown_seconds"] and up_for > c["scaledown_seconds"]:
+            reason = c.get("busy") or c.get("last_error") or "-"
+        elif c["state"] == "RUNNING" and not c["scaledown_seconds"]:
+            reason = "scale-down disabled"
+        memory = _size(c["rss_bytes"]) if c["state"] != "SCALED_DOWN" else f"saved {_size(c['rss_at_checkpoint'])}"
         rows.append(
             (
-                c["namespace"], c["pod"], c["container"], c["state"], _ago(c["since"]),
-                str(c["app_pid"] or "-"), _size(c["rss_bytes"]),
-                _ms(c["last_checkpoint_seconds"]), _ms(c["last_restore_seconds"]),
+                c["namespace"], c["pod"], c["container"], c["state"], _ago(c["since"]), memory,
+                str(c.get("wakes", 0)), _ms(c["last_checkpoint_seconds"]), _ms(c["last_restore_seconds"]), reason,
             )
         )
     for u in reply.get("unmanaged", []):
-        rows.append((u["namespace"], u["pod"], u["container"], "UNMANAGED", "-", "-", "-", "-", "-"))
+        rows.append((u["namespace"], u["pod"], u["container"], "UNMANAGED", "-", "-", "-", "-", "-",
+                     "started while nri-zeropod was away"))
     from nri_zeropod.node.cli import _table
 
-    _table(["NAMESPACE", "POD", "CONTAINER", "STATE", "SINCE", "APP PID", "RSS", "LAST CHECKPOINT", "LAST RESTORE"], rows)
-    return 0
+    _table(["NAMESPACE", "POD", "CONTAINER", "STATE", "SINCE", "RSS/SAVED", "WAKES", "LAST CHECKPOINT",
+            "LAST RESTORE", "NOT SCALING DOWN BECAUSE"], rows)
 
 
 def _ago(t: float) -> str:

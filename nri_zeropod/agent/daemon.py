@@ -17,6 +17,8 @@ from typing import Any
 
 from nri_zeropod.agent import admin
 from nri_zeropod.agent.manager import AgentError, Manager
+from nri_zeropod.agent.metrics import Metrics
+from nri_zeropod.agent.metrics import serve as serve_metrics
 from nri_zeropod.agent.plugin import AgentPlugin
 from nri_zeropod.agent.scaler import PodSteering, Scalers
 from nri_zeropod.agent.settings import AgentSettings
@@ -61,6 +63,11 @@ class Agent:
         self.scalers = Scalers(
             manager=self.manager, steering=PodSteering(pin_root=settings.bpf_pins, obj_path=settings.bpf_object)
         )
+        self.metrics = Metrics(lambda: list(self.manager.records.values()))
+        self.manager.hooks.after_checkpoint.append(self.metrics.after_checkpoint)
+        self.manager.hooks.after_restore.append(self.metrics.after_restore)
+        self.manager.hooks.forget.append(self.metrics.forget)
+        self.scalers.on_wake.append(self.metrics.woken)
         self.plugin = AgentPlugin(
             settings=settings, manager=self.manager, scalers=self.scalers, toolbox_ok=problem is None
         )
@@ -96,6 +103,12 @@ class Agent:
         except OSError as e:
             log.error(f"no bpf filesystem, scale-to-zero steering will fail: {e}")
         server = await admin.serve(self.settings.admin_socket, self.handle)
+        metrics_server = None
+        if self.settings.metrics_addr:
+            try:
+                metrics_server = await serve_metrics(self.metrics.registry, self.settings.metrics_addr)
+            except (OSError, ValueError) as e:
+                log.error(f"cannot serve metrics on {self.settings.metrics_addr}: {e}")
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -121,5 +134,7 @@ class Agent:
         finally:
             stopper.cancel()
             server.close()
+            if metrics_server is not None:
+                metrics_server.close()
             await self.plugin.rewriter.close()
             self.settings.admin_socket.unlink(missing_ok=True)

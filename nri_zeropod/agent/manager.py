@@ -14,7 +14,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from nri_zeropod.agent import criu
@@ -35,6 +35,11 @@ class NotIdle(AgentError):
 
 def label(rec: Record) -> str:
     return f"{rec.pod_namespace}/{rec.pod_name}/{rec.name}"
+
+
+def fields(rec: Record) -> dict[str, str]:
+    """What every log line about a container carries."""
+    return {"pod": f"{rec.pod_namespace}/{rec.pod_name}", "container": rec.name}
 
 
 def start_time(pid: int) -> str:
@@ -65,16 +70,23 @@ def container_memory(keeper_pid: int) -> int:
 
 @dataclass
 class Hooks:
-    """Callbacks around checkpoints and restores (steering, metrics, events).
+    """Callbacks around checkpoints and restores (steering, metrics, events), in order.
 
     ``before_checkpoint(rec, automatic)`` runs under the container's lock
     before anything changes and may raise :class:`NotIdle` to call an
-    automatic scale-down off.
+    automatic scale-down off. ``after_*(rec, ok)`` run after each outcome;
+    ``forget(rec)`` when a container is gone.
     """
 
-    before_checkpoint: Callable[[Record, bool], object] | None = None
-    after_checkpoint: Callable[[Record, bool], object] | None = None
-    after_restore: Callable[[Record, bool], object] | None = None
+    before_checkpoint: list[Callable[[Record, bool], object]] = field(default_factory=list)
+    after_checkpoint: list[Callable[[Record, bool], object]] = field(default_factory=list)
+    after_restore: list[Callable[[Record, bool], object]] = field(default_factory=list)
+    forget: list[Callable[[Record], object]] = field(default_factory=list)
+
+
+async def _run_hooks(hooks: list[Callable[..., object]], *args: object) -> None:
+    for hook in hooks:
+        await _maybe_await(hook(*args))
 
 
 class Manager:
@@ -131,6 +143,8 @@ class Manager:
             rec.state = State.STOPPED
         async with self.lock(cid):
             await self._drop_restorer(cid)
+            if rec is not None:
+                await _run_hooks(self.hooks.forget, rec)
             self.records.pop(cid, None)
             self.locks.pop(cid, None)
             self.store.remove(cid)
@@ -149,7 +163,7 @@ class Manager:
                 settings=self.settings.criu,
             )
         except criu.CriuError as e:
-            log.warning("cannot prepare the restore ahead", extra={"container": label(rec), "error": str(e)})
+            log.warning("cannot prepare the restore ahead", extra={**fields(rec), "error": str(e)})
 
     def stopped(self, cid: str) -> None:
         restorer = self.restorers.pop(cid, None)
@@ -187,11 +201,11 @@ class Manager:
         if app is None:
             raise AgentError(f"{label(rec)}: no app process under the keeper (pid {rec.keeper_pid})")
         rec.app_ns_pid = app.ns_pid
-        if self.hooks.before_checkpoint:
-            await _maybe_await(self.hooks.before_checkpoint(rec, automatic))
+        await _run_hooks(self.hooks.before_checkpoint, rec, automatic)
         rss = container_memory(rec.keeper_pid)
         self._move(rec, Event.CHECKPOINT)
         self.store.clear_images(rec.id)
+        started = time.monotonic()
         try:
             took = await criu.dump(
                 keeper_pid=rec.keeper_pid, app=app, images=self.store.images_dir(rec.id),
@@ -201,9 +215,9 @@ class Manager:
             rec.checkpoint_errors += 1
             rec.last_error = f"checkpoint failed: {e}"
             self._move(rec, Event.CHECKPOINT_FAILED)
-            log.warning("checkpoint failed", extra={"container": label(rec), "error": str(e), "criu_log": str(e.log)})
-            if self.hooks.after_checkpoint:
-                await _maybe_await(self.hooks.after_checkpoint(rec, False))
+            log.warning("checkpoint failed", extra={
+                **fields(rec), "duration": round(time.monotonic() - started, 4), "error": str(e), "criu_log": str(e.log)})
+            await _run_hooks(self.hooks.after_checkpoint, rec, False)
             raise AgentError(str(e)) from None
         rec.checkpoints += 1
         rec.last_checkpoint_at = time.time()
@@ -215,10 +229,9 @@ class Manager:
         await self._prepare_restore(rec)
         log.info(
             "checkpointed",
-            extra={"container": label(rec), "duration": round(took, 4), "rss": rss, "image_bytes": rec.image_bytes},
+            extra={**fields(rec), "duration": round(took, 4), "rss": rss, "image_bytes": rec.image_bytes},
         )
-        if self.hooks.after_checkpoint:
-            await _maybe_await(self.hooks.after_checkpoint(rec, True))
+        await _run_hooks(self.hooks.after_checkpoint, rec, True)
         return rec
 
     async def restore(self, cid: str, *, prepared: bool = True) -> Record:
@@ -236,6 +249,7 @@ class Manager:
             raise AgentError(f"{label(rec)}: the keeper (pid {rec.keeper_pid}) is not running")
         self._move(rec, Event.RESTORE)
         restorer = self.restorers.pop(rec.id, None)
+        started = time.monotonic()
         try:
             if restorer is None or not restorer.ready:
                 if restorer is not None:
@@ -251,9 +265,9 @@ class Manager:
             # The keeper sees "running" with no app and ends the container, so
             # that the runtime restarts it: a clean start beats a hang.
             self._move(rec, Event.RESTORE_FAILED)
-            log.error("restore failed", extra={"container": label(rec), "error": str(e), "criu_log": str(e.log)})
-            if self.hooks.after_restore:
-                await _maybe_await(self.hooks.after_restore(rec, False))
+            log.error("restore failed", extra={
+                **fields(rec), "duration": round(time.monotonic() - started, 4), "error": str(e), "criu_log": str(e.log)})
+            await _run_hooks(self.hooks.after_restore, rec, False)
             raise AgentError(str(e)) from None
         rec.restores += 1
         rec.last_restore_at = time.time()
@@ -262,9 +276,8 @@ class Manager:
         self._move(rec, Event.RESTORED)
         # The image holds process memory and its page cache is charged to the container.
         self.store.clear_images(rec.id)
-        log.info("restored", extra={"container": label(rec), "duration": round(took, 4)})
-        if self.hooks.after_restore:
-            await _maybe_await(self.hooks.after_restore(rec, True))
+        log.info("restored", extra={**fields(rec), "duration": round(took, 4)})
+        await _run_hooks(self.hooks.after_restore, rec, True)
         return rec
 
     def _must(self, cid: str) -> Record:
@@ -302,7 +315,7 @@ class Manager:
             self.store.save(rec)
             log.warning(
                 "recovered a container left mid-operation",
-                extra={"container": label(rec), "was": before.value, "now": rec.state.value},
+                extra={**fields(rec), "was": before.value, "now": rec.state.value},
             )
 
     # ---- views
@@ -324,6 +337,7 @@ class Manager:
                     "rss_bytes": container_memory(rec.keeper_pid) if keeper_alive(rec) else 0,
                     "rss_at_checkpoint": rec.rss_at_checkpoint,
                     "image_bytes": rec.image_bytes,
+                    "scaledown_seconds": rec.scaledown_seconds,
                     "checkpoints": rec.checkpoints,
                     "restores": rec.restores,
                     "last_checkpoint_seconds": rec.last_checkpoint_seconds,

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from nri_zeropod.agent import podconfig
 from nri_zeropod.agent.lifecycle import State
-from nri_zeropod.agent.manager import Manager, keeper_alive, label, start_time
+from nri_zeropod.agent.manager import fields, Manager, keeper_alive, label, start_time
 from nri_zeropod.agent.scaler import Scalers
 from nri_zeropod.agent.settings import KEEPER, AgentSettings
 from nri_zeropod.agent.specrewrite import SpecRewriteError, SpecRewriter
@@ -220,7 +220,7 @@ class AgentPlugin(Plugin):
         if not keeper_alive(rec) and rec.state != State.STOPPED:
             rec.state = State.STOPPED
         self.manager.add(rec)
-        log.info("adopted container", extra={"container": label(rec), "state": rec.state.value})
+        log.info("adopted container", extra={**fields(rec), "state": rec.state.value})
         self.background(self._resume(rec))
 
     async def _resume(self, rec: Record) -> None:

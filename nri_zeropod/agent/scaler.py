@@ -20,13 +20,14 @@ import asyncio
 import logging
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from nri_zeropod import netns, pidfd, ports, sockdiag
 from nri_zeropod.agent import criu
 from nri_zeropod.agent.activator import Activator, Address
 from nri_zeropod.agent.lifecycle import State
-from nri_zeropod.agent.manager import AgentError, Manager, NotIdle, keeper_alive, label
+from nri_zeropod.agent.manager import fields, AgentError, Manager, NotIdle, keeper_alive, label
 from nri_zeropod.agent.store import Record
 from nri_zeropod.bpf import BpfError, Steering
 from nri_zeropod.bpf.steering import boot_ns
@@ -94,8 +95,12 @@ def keeper_socket(keeper_pid: int) -> socket.socket:
 
 
 class Scaler:
-    def __init__(self, *, manager: Manager, steering: PodSteering, rec: Record) -> None:
+    def __init__(
+        self, *, manager: Manager, steering: PodSteering, rec: Record,
+        on_wake: list[Callable[[Record, float], object]] | None = None,
+    ) -> None:
         self.manager = manager
+        self.on_wake = on_wake if on_wake is not None else []
         self.pods = steering
         self.rec = rec
         self.activator: Activator | None = None
@@ -105,6 +110,7 @@ class Scaler:
         self.ports: list[int] = []
         self.wakes = 0
         self.last_wake_seconds = 0.0
+        self._restores_seen = rec.restores
         self._active_since = boot_ns()
         self._retry_after = 0.0
         self._retry_delay = RETRY_MIN
@@ -126,10 +132,10 @@ class Scaler:
         except (OSError, BpfError, AgentError) as e:
             self.busy = f"scale-to-zero unavailable: {e}"
             log.error("scale-to-zero unavailable, the container runs without it",
-                      extra={"container": label(rec), "error": str(e)})
+                      extra={**fields(rec), "error": str(e)})
             return
         self.activator = Activator(
-            label=label(rec), sock=sock, netns_path=self.netns_path, steering=self.steering,
+            fields=fields(rec), sock=sock, netns_path=self.netns_path, steering=self.steering,
             node_addrs=lambda: self.pods.node_addrs, probe_detection=rec.probe_detection,
             wake=self.wake, woken=self._woken,
         )
@@ -174,8 +180,14 @@ class Scaler:
         await self.manager.ensure_running(self.rec.id)
 
     def _woken(self, seconds: float) -> None:
+        """A steered connection reached the app; only the first one after each restore is a wake."""
+        if self.rec.restores <= self._restores_seen:
+            return
+        self._restores_seen = self.rec.restores
         self.wakes += 1
         self.last_wake_seconds = seconds
+        for hook in self.on_wake:
+            hook(self.rec, seconds)
 
     def restored(self) -> None:
         """After a restore (or a failed one): new connections go straight to the app again."""
@@ -205,7 +217,7 @@ class Scaler:
                 if self._idle_for() >= rec.scaledown_seconds:
                     await self.scale_down()
             except Exception as e:  # noqa: BLE001 - one bad tick must not end the watch
-                log.exception("idle check failed", extra={"container": label(rec), "error": str(e)})
+                log.exception("idle check failed", extra={**fields(rec), "error": str(e)})
 
     def _listening(self) -> list[int]:
         app = criu.find_app(self.rec.keeper_pid)
@@ -216,7 +228,7 @@ class Scaler:
         if missing and str(missing) not in self._warned:
             self._warned.add(str(missing))
             log.warning("ports-map lists ports the app does not listen on; they are not steered",
-                        extra={"container": label(self.rec), "ports": missing})
+                        extra={**fields(self.rec), "ports": missing})
         return sorted(set(self.rec.ports) & found)
 
     def _idle_for(self) -> float:
@@ -258,7 +270,7 @@ class Scaler:
             self._retry_after = time.monotonic() + self._retry_delay
             self.busy = f"checkpoint failed: {e}"[:300]
             log.warning("scale-down failed; retrying later", extra={
-                "container": label(self.rec), "error": str(e), "retry_in": self._retry_delay})
+                **fields(self.rec), "error": str(e), "retry_in": self._retry_delay})
             self._retry_delay = min(RETRY_MAX, self._retry_delay * 2)
             return
         self._retry_delay = RETRY_MIN
@@ -276,7 +288,7 @@ class Scaler:
             if automatic:
                 raise NotIdle("the app listens on no TCP port")
             log.warning("checkpointing an app that listens on no TCP port: only a restore or an exec wakes it",
-                        extra={"container": label(self.rec)})
+                        extra={**fields(self.rec)})
         before = {p: self.steering.activity(p) for p in listening}
         self.ports = listening
         for port in listening:
@@ -311,9 +323,10 @@ class Scalers:
         self.manager = manager
         self.steering = steering
         self.scalers: dict[str, Scaler] = {}
-        manager.hooks.before_checkpoint = self._before_checkpoint
-        manager.hooks.after_checkpoint = self._after_checkpoint
-        manager.hooks.after_restore = self._after_restore
+        manager.hooks.before_checkpoint.append(self._before_checkpoint)
+        manager.hooks.after_checkpoint.append(self._after_checkpoint)
+        manager.hooks.after_restore.append(self._after_restore)
+        self.on_wake: list[Callable[[Record, float], object]] = []
 
     async def _before_checkpoint(self, rec: Record, automatic: bool) -> None:
         sc = self.scalers.get(rec.id)
@@ -335,7 +348,7 @@ class Scalers:
             return
         if not self.steering.node_addrs:
             self.steering.refresh_node_addrs()
-        sc = Scaler(manager=self.manager, steering=self.steering, rec=rec)
+        sc = Scaler(manager=self.manager, steering=self.steering, rec=rec, on_wake=self.on_wake)
         self.scalers[rec.id] = sc
         sc.start()
 

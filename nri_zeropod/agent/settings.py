@@ -36,6 +36,8 @@ class AgentSettings:
     # Where each pod's steering link and maps are pinned (one directory per pod).
     bpf_pins: Path = Path("/sys/fs/bpf/nri-zeropod")
     bpf_object: Path | None = None  # default: NRI_ZEROPOD_BPF_OBJ or the build directory
+    # Prometheus endpoint, HOST:PORT ("" = off). Every address, as zeropod's manager (which uses :8080).
+    metrics_addr: str = ":9133"
     # A keeper-less container is refused at start only when the bundle cannot be
     # read this fast; reading config.json takes well under a millisecond.
     bundle_read_timeout: float = 0.2

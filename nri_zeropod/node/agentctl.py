@@ -43,4 +43,8 @@ def stop(cfg: NodeConfig) -> None:
 
 
 def status_lines(cfg: NodeConfig) -> list[str]:
-    return [f"admin:       {cfg.prefix / 'agent.sock'}", f"agent log:   {cfg.logs / 'agent-supervisor.log'}"]
+    lines = [f"admin:       {cfg.prefix / 'agent.sock'}", f"agent log:   {cfg.logs / 'agent-supervisor.log'}"]
+    if cfg.metrics_addr:
+        host, _, port = cfg.metrics_addr.rpartition(":")
+        lines.append(f"metrics:     http://{host or '127.0.0.1'}:{port}/metrics")
+    return lines

@@ -23,9 +23,10 @@ PAUSE_IMAGE = "nri-zeropod.local/pause:latest"
 class NodeConfig:
     """Where a local node keeps its files and how its pod network looks.
 
-    The bridge, subnet and cgroup parent can be changed with the environment
-    variables NRI_ZEROPOD_BRIDGE, NRI_ZEROPOD_SUBNET and NRI_ZEROPOD_CGROUP at
-    ``node up`` so that two nodes can run side by side (the tests do that).
+    The bridge, subnet, cgroup parent and the agent's metrics address can be
+    changed with the environment variables NRI_ZEROPOD_BRIDGE,
+    NRI_ZEROPOD_SUBNET, NRI_ZEROPOD_CGROUP and NRI_ZEROPOD_METRICS_ADDR ("" =
+    off) at ``node up`` so that two nodes can run side by side (the tests do that).
     """
 
     prefix: Path
@@ -33,6 +34,7 @@ class NodeConfig:
     subnet: str = "10.213.77.0/24"
     cgroup_parent: str = "/nri-zeropod-node"
     agent: bool = True
+    metrics_addr: str = "127.0.0.1:9133"
 
     @classmethod
     def from_env(cls, prefix: Path, *, agent: bool = True) -> NodeConfig:
@@ -42,6 +44,7 @@ class NodeConfig:
             subnet=os.environ.get("NRI_ZEROPOD_SUBNET", cls.subnet),
             cgroup_parent=os.environ.get("NRI_ZEROPOD_CGROUP", cls.cgroup_parent),
             agent=agent,
+            metrics_addr=os.environ.get("NRI_ZEROPOD_METRICS_ADDR", cls.metrics_addr),
         )
 
     def validate(self) -> None:

@@ -34,6 +34,7 @@ def agent_argv(cfg: NodeConfig) -> list[str]:
         "--toolbox", str(paths.toolbox_dir()),
         "--admin-socket", str(cfg.prefix / "agent.sock"),
         "--bpf-pins", str(cfg.bpf_pins),
+        "--metrics-addr", cfg.metrics_addr,
         "--log-format", "json",
     ]
 

@@ -21,6 +21,7 @@ TEST_ENV = {
     "NRI_ZEROPOD_BRIDGE": "nztbr0",
     "NRI_ZEROPOD_SUBNET": "10.213.78.0/24",
     "NRI_ZEROPOD_CGROUP": "/nri-zeropod-test",
+    "NRI_ZEROPOD_METRICS_ADDR": "127.0.0.1:9134",
 }
 
 CLI = [sys.executable, "-m", "nri_zeropod"]

@@ -75,6 +75,7 @@ LC_ENV = {
     "NRI_ZEROPOD_BRIDGE": "nzlbr0",
     "NRI_ZEROPOD_SUBNET": "10.213.79.0/24",
     "NRI_ZEROPOD_CGROUP": "/nri-zeropod-lc",
+    "NRI_ZEROPOD_METRICS_ADDR": "127.0.0.1:9135",
 }
 
 
