@@ -24,6 +24,7 @@ die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
 
 # Packages unpacked under $OPT/root for the local node, by suite.
 HOST_SID=(containerd containernetworking-plugins catatonit busybox-static)
+HOST_TRIXIE=(kustomize)  # only to check deploy/nri renders as kustomize renders it
 HOST_BOOKWORM=(runc)
 # System packages from bookworm (no newer libc is ever pulled in).
 SYSTEM_PKGS=(gcc make libc6-dev musl-tools clang-14 libbpf-dev libbpf1 iproute2 util-linux curl wrk kmod)
@@ -110,12 +111,13 @@ download() {
 host_root() {
     local pkg files=()
     download sid "${HOST_SID[@]}"
+    download trixie "${HOST_TRIXIE[@]}"
     download bookworm "${HOST_BOOKWORM[@]}"
-    for pkg in "${HOST_SID[@]}" "${HOST_BOOKWORM[@]}"; do files+=("$(deb_file "$pkg")"); done
+    for pkg in "${HOST_SID[@]}" "${HOST_TRIXIE[@]}" "${HOST_BOOKWORM[@]}"; do files+=("$(deb_file "$pkg")"); done
     local key
     key=$(printf '%s\n' "${files[@]}" | xargs -n1 basename | sort | tr '\n' ' ')
     stamp_ok root "$key" && [ -x "$OPT/root/usr/bin/containerd" ] && return 0
-    log "unpacking containerd, runc, CNI plugins, catatonit and busybox into $OPT/root"
+    log "unpacking containerd, runc, CNI plugins, catatonit, busybox and kustomize into $OPT/root"
     rm -rf "$OPT/root.new" && mkdir -p "$OPT/root.new"
     for f in "${files[@]}"; do dpkg -x "$f" "$OPT/root.new"; done
     rm -rf "$OPT/root" && mv "$OPT/root.new" "$OPT/root"

@@ -51,7 +51,6 @@ class CriuSettings:
     GB while still ending a CRIU that hangs.
     """
 
-    host_toolbox: str = "/opt/nri-zeropod/toolbox"
     toolbox_mount: str = "/.zeropod"
     # The node-wide copy of CRIU's kernel-feature cache ("" = none), per boot.
     kdat_dir: str = ""
@@ -63,8 +62,9 @@ class CriuSettings:
         tb = self.toolbox_mount
         return [f"{tb}/lib/ld-linux-x86-64.so.2", "--library-path", f"{tb}/lib", f"{tb}/bin/criu"]
 
-    def helper(self) -> str:
-        return f"{self.host_toolbox}/bin/zeropod-criu"
+    def helper(self, keeper_pid: int) -> str:
+        """The helper from the toolbox this container has mounted (an upgrade may have replaced the host's)."""
+        return f"/proc/{keeper_pid}/root{self.toolbox_mount}/bin/zeropod-criu"
 
     def kdat_path(self) -> Path | None:
         if not self.kdat_dir:
@@ -191,7 +191,7 @@ async def dump(*, keeper_pid: int, app: AppProcess, images: Path, label: str, se
     lock = "nftables" if ports.connections(app.host_pid) else "skip"
     dfd = os.open(images, os.O_RDONLY | os.O_DIRECTORY)
     argv = [
-        settings.helper(), "--target", str(keeper_pid), "--",
+        settings.helper(keeper_pid), "--target", str(keeper_pid), "--",
         *settings.criu(), "dump", "-t", str(app.ns_pid), "-D", f"/proc/self/fd/{dfd}", "-o", "dump.log",
         f"-v{settings.log_level}", *COMMON, "--network-lock", lock, "--skip-in-flight",
     ]
@@ -256,7 +256,7 @@ class Restorer:
             fds.append(go_r)
             helper_args += ["--go-fd", str(go_r)]
             argv = [
-                settings.helper(), *helper_args, "--",
+                settings.helper(keeper_pid), *helper_args, "--",
                 *settings.criu(), "restore", "-d", "-D", f"/proc/self/fd/{dfd}", "-o", "restore.log",
                 f"-v{settings.log_level}", *COMMON, "--join-ns", "mnt:/proc/1/ns/mnt", *inherit,
             ]

@@ -54,7 +54,7 @@ KEEPER_WORD: dict[State, str] = {
     S.CHECKPOINTING: "checkpointing",
     S.SCALED_DOWN: "scaled-down",
     S.RESTORING: "restoring",
-    S.RESTORE_FAILED: "running",  # the app is gone: the keeper must end the container
+    S.RESTORE_FAILED: "restore-failed",  # not a suspended state: the keeper ends the container
     S.STOPPED: "running",
 }
 

@@ -113,10 +113,17 @@ class Manager:
         return self.locks.setdefault(cid, asyncio.Lock())
 
     def _move(self, rec: Record, event: Event) -> None:
+        if rec.state == State.STOPPED:
+            return  # stopped meanwhile (StopContainer does not wait for an operation): nothing left to track
         rec.state = next_state(rec.state, event)
         rec.since = time.time()
-        self.store.write_keeper_state(rec.id, rec.state)
-        self.store.save(rec)
+        try:
+            self.store.write_keeper_state(rec.id, rec.state)
+            self.store.save(rec)
+        except OSError as e:
+            if self.store.dir(rec.id).exists():
+                raise
+            log.info("container state is gone (removed meanwhile)", extra={**fields(rec), "error": str(e)})
 
     def resolve(self, ref: str) -> Record:
         """A record by container id prefix, ``pod/container`` or ``namespace/pod/container``."""

@@ -59,6 +59,7 @@ class AgentPlugin(Plugin):
         self.tasks: set[asyncio.Task[None]] = set()
         # Containers seen at creation and left unmanaged: not re-examined at start.
         self.passed_over: set[str] = set()
+        self.warned_pods: set[str] = set()
 
     def background(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run ``coro`` outside the handler (a handler must answer fast); failures are logged."""
@@ -72,6 +73,12 @@ class AgentPlugin(Plugin):
             log.error("background task failed", exc_info=task.exception())
 
     def policy(self, pod: PodSandbox, container: Container) -> podconfig.Policy:
+        if pod.runtime_handler == "zeropod":
+            return podconfig.Policy(False, "runs under zeropod's own runtime")
+        if pod.id not in self.warned_pods and (extra := podconfig.unsupported(pod.annotations)):
+            self.warned_pods.add(pod.id)
+            log.warning("zeropod annotations nri-zeropod does not implement are ignored",
+                        extra={"pod": f"{pod.namespace}/{pod.name}", "keys": extra})
         try:
             return podconfig.policy(pod.annotations, container.name)
         except podconfig.AnnotationError as e:
@@ -180,6 +187,7 @@ class AgentPlugin(Plugin):
         await self.manager.forget(cid)
 
     async def remove_pod_sandbox(self, pod: PodSandbox) -> None:
+        self.warned_pods.discard(pod.id)
         if any(r.pod_id == pod.id for r in self.manager.records.values()) or (
             self.scalers.steering.pin_root / pod.id
         ).exists():

@@ -53,6 +53,17 @@ class Policy:
     probe_detection: bool = True
 
 
+# zeropod annotations nri-zeropod does not implement; a pod using them gets one warning.
+UNSUPPORTED = (
+    "pre-dump", "disable-checkpointing", "probe-buffer-size", "connect-timeout", "proxy-timeout",
+    "migrate", "live-migrate", "disable-migrate-data",
+)
+
+
+def unsupported(annotations: Mapping[str, str]) -> list[str]:
+    return sorted(ZEROPOD_PREFIX + k for k in UNSUPPORTED if ZEROPOD_PREFIX + k in annotations)
+
+
 def lookup(annotations: Mapping[str, str], name: str) -> tuple[str, str] | None:
     """(key, value) of ``name`` under our prefix, else under zeropod's."""
     for prefix in (PREFIX, ZEROPOD_PREFIX):

@@ -141,9 +141,14 @@ class Scaler:
         )
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self.activator.run()))
+        mine = sorted(p for p, i in self.steering.steered_ports().items() if i == rec.activator_index)
         if rec.state == State.SCALED_DOWN:
             # Picked up after an agent restart: the steering is still on, in the kernel.
-            self.ports = sorted(self.steering.steered_ports())
+            self.ports = mine
+        else:
+            # An agent that died between a restore and turning steering off left it on.
+            for port in mine:
+                self.steering.unsteer(port)
         self._tasks.append(loop.create_task(self._watch()))
 
     def _free_index(self) -> int:

@@ -44,7 +44,7 @@ class AgentSettings:
 
     @property
     def criu(self) -> CriuSettings:
-        return CriuSettings(host_toolbox=str(self.toolbox), kdat_dir=str(self.state_dir), log_level=self.criu_log_level)
+        return CriuSettings(kdat_dir=str(self.state_dir), log_level=self.criu_log_level)
 
     @property
     def keeper_args(self) -> list[str]:

@@ -38,7 +38,7 @@ def test_table_is_exactly_the_expected_one() -> None:
 
 def test_keeper_never_waits_in_a_final_state() -> None:
     # After a failed restore or a stop the keeper must end the container when the app is gone.
-    assert KEEPER_WORD[S.RESTORE_FAILED] == "running"
+    assert KEEPER_WORD[S.RESTORE_FAILED] == "restore-failed"
     assert KEEPER_WORD[S.STOPPED] == "running"
     assert {KEEPER_WORD[s] for s in (S.CHECKPOINTING, S.SCALED_DOWN, S.RESTORING)} == {
         "checkpointing", "scaled-down", "restoring"
