@@ -130,6 +130,8 @@ static int run_criu(char **argv)
 	if (pid < 0)
 		die("fork");
 	if (pid == 0) {
+		/* A CRIU the agent gave up on (a timeout) must not go on behind its back. */
+		prctl(PR_SET_PDEATHSIG, SIGKILL);
 		execv(argv[0], argv);
 		die("exec %s", argv[0]);
 	}

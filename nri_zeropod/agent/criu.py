@@ -119,6 +119,36 @@ def dump_complete(images: Path) -> bool:
     return any("Dumping finished successfully" in line for line in tail) and (images / "inventory.img").exists()
 
 
+def in_pid_ns(keeper_pid: int) -> list[int]:
+    """Host pids of every process in ``keeper_pid``'s pid namespace but the keeper."""
+    try:
+        ns = os.readlink(f"/proc/{keeper_pid}/ns/pid")
+    except OSError:
+        return []
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit() and int(d.name) != keeper_pid:
+            try:
+                if os.readlink(d / "ns/pid") == ns:
+                    out.append(int(d.name))
+            except OSError:
+                continue
+    return out
+
+
+def kill_all_but_keeper(keeper_pid: int) -> int:
+    """SIGKILL what a failed restore left half-made (and anything else in the container): the keeper then
+    sees no app in a state that allows none and ends the container."""
+    killed = 0
+    for pid in in_pid_ns(keeper_pid):
+        try:
+            os.kill(pid, 9)
+            killed += 1
+        except ProcessLookupError:
+            pass
+    return killed
+
+
 def running_in(keeper_pid: int) -> bool:
     """Whether a toolbox CRIU runs in the pid namespace of ``keeper_pid``."""
     try:
@@ -275,8 +305,9 @@ class Restorer:
     def ready(self) -> bool:
         return self.proc.returncode is None and self._go >= 0
 
-    async def fire(self) -> float:
-        """Start the restore now and wait for it; returns how long it took."""
+    async def fire(self, *, timeout: float | None = None) -> float:
+        """Start the restore now and wait at most ``timeout`` for it; returns how long it took."""
+        timeout = self.settings.restore_timeout if timeout is None else min(timeout, self.settings.restore_timeout)
         if not self.ready:
             raise CriuError(op="restore", label=self.label, reason="the prepared restorer is gone", log=self.log,
                             tail=[])
@@ -286,12 +317,12 @@ class Restorer:
         finally:
             self._close_go()
         try:
-            out, err = await asyncio.wait_for(self.proc.communicate(), self.settings.restore_timeout)
+            out, err = await asyncio.wait_for(self.proc.communicate(), timeout)
         except asyncio.TimeoutError:
             self.proc.kill()
             await self.proc.wait()
             raise _criu_error(op="restore", label=self.label, log=self.log, err=None,
-                              reason=f"timed out after {self.settings.restore_timeout:g}s") from None
+                              reason=f"timed out after {timeout:g}s") from None
         took = time.monotonic() - start
         if self.proc.returncode != 0:
             text = (err or out).decode(errors="replace")
@@ -329,7 +360,10 @@ class Restorer:
             self._kdat_new.unlink(missing_ok=True)
 
 
-async def restore(*, keeper_pid: int, images: Path, label: str, settings: CriuSettings) -> float:
-    """Prepare and run a restore at once (when no restorer was made ready beforehand)."""
-    restorer = await Restorer.spawn(keeper_pid=keeper_pid, images=images, label=label, settings=settings)
-    return await restorer.fire()
+def restore_budget(image_bytes: int) -> float:
+    """How long a restore of that many bytes may take before it counts as hung.
+
+    Restores run at 1-2 GB/s here; 20 MB/s plus 10 s of slack is ample, and
+    still ends a CRIU stuck on a broken image while the client waits.
+    """
+    return 10.0 + image_bytes / 20e6

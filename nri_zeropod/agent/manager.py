@@ -265,13 +265,14 @@ class Manager:
                     keeper_pid=rec.keeper_pid, images=self.store.images_dir(rec.id),
                     label=label(rec), settings=self.settings.criu,
                 )
-            took = await restorer.fire()
+            took = await restorer.fire(timeout=criu.restore_budget(rec.image_bytes))
         except criu.CriuError as e:
             rec.restore_errors += 1
             rec.last_error = f"restore failed: {e}"
-            # The keeper sees "running" with no app and ends the container, so
-            # that the runtime restarts it: a clean start beats a hang.
+            # The keeper sees "restore-failed" with no app and ends the container,
+            # so that the runtime restarts it: a clean start beats a hang.
             self._move(rec, Event.RESTORE_FAILED)
+            criu.kill_all_but_keeper(rec.keeper_pid)
             log.error("restore failed", extra={
                 **fields(rec), "duration": round(time.monotonic() - started, 4), "error": str(e), "criu_log": str(e.log)})
             await _run_hooks(self.hooks.after_restore, rec, False)
@@ -347,6 +348,8 @@ class Manager:
                     "scaledown_seconds": rec.scaledown_seconds,
                     "checkpoints": rec.checkpoints,
                     "restores": rec.restores,
+                    "checkpoint_errors": rec.checkpoint_errors,
+                    "restore_errors": rec.restore_errors,
                     "last_checkpoint_seconds": rec.last_checkpoint_seconds,
                     "last_restore_seconds": rec.last_restore_seconds,
                     "last_error": rec.last_error,

@@ -36,6 +36,7 @@ log = logging.getLogger("nri_zeropod.agent.scaler")
 
 MAX_TICK = 2.0  # how late a scale-down may be, at most, past its due time
 DRAIN_TIMEOUT = 0.5  # waiting for the app to accept what arrived before steering went on
+SOCKET_TRIES = 100  # 20 ms apart: the keeper opens its socket within microseconds of starting
 RETRY_MIN = 30.0  # after a failed checkpoint
 RETRY_MAX = 600.0
 
@@ -120,20 +121,33 @@ class Scaler:
     # ---- life cycle
 
     def start(self) -> None:
-        """Set up steering and the activator; then watch for idleness (unless scale-down is off)."""
+        """Set up steering and the activator, then watch for idleness (unless scale-down is off)."""
+        self._tasks.append(asyncio.get_running_loop().create_task(self._setup()))
+
+    async def _setup(self) -> None:
         rec = self.rec
+        sock = None
+        for attempt in range(SOCKET_TRIES):
+            try:
+                # The keeper opens its activator socket as it starts, which may
+                # be a moment after containerd reports the container started.
+                sock = keeper_socket(rec.keeper_pid)
+                break
+            except (OSError, AgentError) as e:
+                if attempt == SOCKET_TRIES - 1 or not keeper_alive(rec):
+                    return self._unavailable(e)
+                await asyncio.sleep(0.02)
+        assert sock is not None
         try:
             self.steering = self.pods.get(rec.pod_id, self.netns_path)
-            sock = keeper_socket(rec.keeper_pid)
             if rec.activator_index < 0:
                 rec.activator_index = self._free_index()
                 self.manager.store.save(rec)
             self.steering.set_socket(rec.activator_index, sock)
-        except (OSError, BpfError, AgentError) as e:
-            self.busy = f"scale-to-zero unavailable: {e}"
-            log.error("scale-to-zero unavailable, the container runs without it",
-                      extra={**fields(rec), "error": str(e)})
-            return
+            mine = sorted(p for p, i in self.steering.steered_ports().items() if i == rec.activator_index)
+        except (OSError, BpfError) as e:
+            sock.close()
+            return self._unavailable(e)
         self.activator = Activator(
             fields=fields(rec), sock=sock, netns_path=self.netns_path, steering=self.steering,
             node_addrs=lambda: self.pods.node_addrs, probe_detection=rec.probe_detection,
@@ -141,7 +155,6 @@ class Scaler:
         )
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self.activator.run()))
-        mine = sorted(p for p, i in self.steering.steered_ports().items() if i == rec.activator_index)
         if rec.state == State.SCALED_DOWN:
             # Picked up after an agent restart: the steering is still on, in the kernel.
             self.ports = mine
@@ -149,7 +162,11 @@ class Scaler:
             # An agent that died between a restore and turning steering off left it on.
             for port in mine:
                 self.steering.unsteer(port)
-        self._tasks.append(loop.create_task(self._watch()))
+        await self._watch()
+
+    def _unavailable(self, e: Exception) -> None:
+        self.busy = f"scale-to-zero unavailable: {e}"
+        log.error("scale-to-zero unavailable, the container runs without it", extra={**fields(self.rec), "error": str(e)})
 
     def _free_index(self) -> int:
         used = {

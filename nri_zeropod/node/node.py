@@ -205,6 +205,12 @@ def _start_containerd(cfg: NodeConfig) -> None:
         time.sleep(0.05)
 
 
+def restart_containerd(cfg: NodeConfig) -> None:
+    """Stop and start containerd alone, as a node's service manager would; containers keep running."""
+    stop_pid(cfg, "containerd", grace=15)
+    _start_containerd(cfg)
+
+
 def ctr(cfg: NodeConfig, *args: str, timeout: float = 60) -> str:
     argv = [str(paths.ctr_binary()), "-a", str(cfg.containerd_sock), "-n", "k8s.io", *args]
     return run(argv, timeout=timeout).stdout

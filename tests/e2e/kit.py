@@ -22,6 +22,8 @@ TEST_ENV = {
     "NRI_ZEROPOD_SUBNET": "10.213.78.0/24",
     "NRI_ZEROPOD_CGROUP": "/nri-zeropod-test",
     "NRI_ZEROPOD_METRICS_ADDR": "127.0.0.1:9134",
+    # The fault tests kill the agent 50 times in a row.
+    "NRI_ZEROPOD_MAX_RESTART_BACKOFF": "0.5",
 }
 
 CLI = [sys.executable, "-m", "nri_zeropod"]
