@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -12,7 +13,7 @@ from typing import Any
 
 from nri_zeropod import log as logsetup
 from nri_zeropod.agent import admin
-from nri_zeropod.agent.settings import AgentSettings
+from nri_zeropod.agent.settings import AgentSettings, KubeOptions
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -31,6 +32,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--bpf-object", type=Path, default=None, help="the compiled steering program (steer.bpf.o)")
     a.add_argument("--metrics-addr", default=d.metrics_addr,
                    help=f"Prometheus endpoint HOST:PORT, '' to turn it off (default {d.metrics_addr!r}, path /metrics)")
+    k = a.add_argument_group("Kubernetes", "without API access the agent works from pod annotations alone")
+    k.add_argument("--kubeconfig", type=Path, default=None, help="default: $KUBECONFIG, else the service account")
+    k.add_argument("--node-name", default=os.environ.get("NODE_NAME"), help="for Events (default: $NODE_NAME)")
+    k.add_argument("--no-status-labels", action="store_true", help="do not label pods status.nri-zeropod.dev/<c>")
+    k.add_argument("--zeropod-status-labels", action="store_true",
+                   help="also set zeropod's status.zeropod.ctrox.dev/<container> labels")
+    k.add_argument("--no-events", action="store_true", help="do not create Events")
+    k.add_argument("--in-place-scaling", action="store_true",
+                   help="shrink CPU/memory requests while scaled down (pods/resize; InPlacePodVerticalScaling)")
     a.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     a.add_argument("--log-format", default="auto", choices=["auto", "json", "text"])
     a.set_defaults(func=cmd_agent)
@@ -62,6 +72,11 @@ def cmd_agent(args: argparse.Namespace) -> int:
         bpf_pins=args.bpf_pins,
         bpf_object=args.bpf_object,
         metrics_addr=args.metrics_addr,
+        kube=KubeOptions(
+            kubeconfig=args.kubeconfig, node_name=args.node_name, status_labels=not args.no_status_labels,
+            zeropod_status_labels=args.zeropod_status_labels, events=not args.no_events,
+            in_place_scaling=args.in_place_scaling,
+        ),
     )
     return asyncio.run(Agent(settings).run())
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from nri_zeropod.agent import admin
+from nri_zeropod.agent.kubelink import KubeLink
 from nri_zeropod.agent.manager import AgentError, Manager
 from nri_zeropod.agent.metrics import Metrics
 from nri_zeropod.agent.metrics import serve as serve_metrics
@@ -68,14 +69,18 @@ class Agent:
         self.manager.hooks.after_restore.append(self.metrics.after_restore)
         self.manager.hooks.forget.append(self.metrics.forget)
         self.scalers.on_wake.append(self.metrics.woken)
+        self.kube = KubeLink(settings.kube)
         self.plugin = AgentPlugin(
-            settings=settings, manager=self.manager, scalers=self.scalers, toolbox_ok=problem is None
+            settings=settings, manager=self.manager, scalers=self.scalers, kube=self.kube, toolbox_ok=problem is None
         )
 
     async def handle(self, req: dict[str, Any]) -> dict[str, Any]:
         op = req["op"]
         if op == "ping":
             return {"ok": True, "synchronized": self.plugin.synchronized.is_set()}
+        if op == "namespace":
+            name = str(req.get("name", ""))
+            return {"ok": True, "enabled": self.kube.namespace_enabled(name), "api": self.kube.client is not None}
         if op == "status":
             unmanaged = [{**u, "id": cid, "state": "UNMANAGED"} for cid, u in sorted(self.plugin.unmanaged.items())]
             rows = [{**row, **self.scalers.view(str(row["id"]))} for row in self.manager.status()]
@@ -113,6 +118,7 @@ class Agent:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        self.kube.start(self.manager)
         runner = asyncio.create_task(self.plugin.run(str(self.settings.nri_socket)))
         stopper = asyncio.create_task(stop.wait())
         try:
@@ -137,4 +143,5 @@ class Agent:
             if metrics_server is not None:
                 metrics_server.close()
             await self.plugin.rewriter.close()
+            await self.kube.close()
             self.settings.admin_socket.unlink(missing_ok=True)

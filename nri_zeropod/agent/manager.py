@@ -221,6 +221,7 @@ class Manager:
         except criu.CriuError as e:
             rec.checkpoint_errors += 1
             rec.last_error = f"checkpoint failed: {e}"
+            rec.last_criu_log = str(e.log)
             self._move(rec, Event.CHECKPOINT_FAILED)
             log.warning("checkpoint failed", extra={
                 **fields(rec), "duration": round(time.monotonic() - started, 4), "error": str(e), "criu_log": str(e.log)})
@@ -269,6 +270,7 @@ class Manager:
         except criu.CriuError as e:
             rec.restore_errors += 1
             rec.last_error = f"restore failed: {e}"
+            rec.last_criu_log = str(e.log)
             # The keeper sees "restore-failed" with no app and ends the container,
             # so that the runtime restarts it: a clean start beats a hang.
             self._move(rec, Event.RESTORE_FAILED)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from nri_zeropod.agent import podconfig
 from nri_zeropod.agent.lifecycle import State
+from nri_zeropod.agent.kubelink import KubeLink
 from nri_zeropod.agent.manager import fields, Manager, keeper_alive, label, start_time
 from nri_zeropod.agent.scaler import Scalers
 from nri_zeropod.agent.settings import KEEPER, AgentSettings
@@ -47,11 +48,14 @@ def keeper_running(pid: int) -> bool:
 
 
 class AgentPlugin(Plugin):
-    def __init__(self, *, settings: AgentSettings, manager: Manager, scalers: Scalers, toolbox_ok: bool) -> None:
+    def __init__(
+        self, *, settings: AgentSettings, manager: Manager, scalers: Scalers, kube: KubeLink, toolbox_ok: bool
+    ) -> None:
         super().__init__(name=settings.plugin_name, idx=settings.plugin_idx)
         self.settings = settings
         self.manager = manager
         self.scalers = scalers
+        self.kube = kube
         self.toolbox_ok = toolbox_ok
         self.rewriter = SpecRewriter(str(settings.containerd_socket))
         # Containers of opted-in pods that run without the keeper (started while we were away).
@@ -80,7 +84,9 @@ class AgentPlugin(Plugin):
             log.warning("zeropod annotations nri-zeropod does not implement are ignored",
                         extra={"pod": f"{pod.namespace}/{pod.name}", "keys": extra})
         try:
-            return podconfig.policy(pod.annotations, container.name)
+            return podconfig.policy(
+                pod.annotations, container.name, namespace_enabled=self.kube.namespace_enabled(pod.namespace)
+            )
         except podconfig.AnnotationError as e:
             log.warning(
                 f"invalid annotation, container runs unmanaged: {e}",
@@ -167,6 +173,7 @@ class AgentPlugin(Plugin):
         if rec is not None:
             self._set_keeper(rec, container.pid)
             self.scalers.start(rec)
+            self.kube.started(rec)
 
     # ---- stop and remove
 

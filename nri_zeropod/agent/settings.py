@@ -6,12 +6,24 @@ overrides the paths.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from nri_zeropod.agent.criu import CriuSettings
 
 KEEPER = "/.zeropod/bin/zeropod-init"
+
+
+@dataclass(frozen=True)
+class KubeOptions:
+    """What the agent does with the API, each a flag of ``nri-zeropod agent``."""
+
+    kubeconfig: Path | None = None
+    node_name: str | None = None
+    status_labels: bool = True
+    zeropod_status_labels: bool = False  # also zeropod's status.zeropod.ctrox.dev/<container>
+    events: bool = True
+    in_place_scaling: bool = False  # shrink requests while scaled down (needs InPlacePodVerticalScaling)
 
 
 @dataclass(frozen=True)
@@ -38,6 +50,7 @@ class AgentSettings:
     bpf_object: Path | None = None  # default: NRI_ZEROPOD_BPF_OBJ or the build directory
     # Prometheus endpoint, HOST:PORT ("" = off). Every address, as zeropod's manager (which uses :8080).
     metrics_addr: str = ":9133"
+    kube: KubeOptions = field(default_factory=KubeOptions)
     # A keeper-less container is refused at start only when the bundle cannot be
     # read this fast; reading config.json takes well under a millisecond.
     bundle_read_timeout: float = 0.2

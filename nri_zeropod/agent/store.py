@@ -50,6 +50,7 @@ class Record:
     rss_at_checkpoint: int = 0
     image_bytes: int = 0
     last_error: str = ""
+    last_criu_log: str = ""  # the CRIU log of the last failure
 
     def to_json(self) -> dict[str, object]:
         d = asdict(self)

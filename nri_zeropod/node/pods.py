@@ -55,6 +55,7 @@ class PodSpec:
     labels: dict[str, str] = field(default_factory=dict)
     annotations: dict[str, str] = field(default_factory=dict)
     termination_grace_period: int = 30
+    uid: str = ""  # as the API server gave it; a new one when empty
 
 
 @dataclass(frozen=True)
@@ -161,7 +162,7 @@ def run_pod(cri: CRIClient, cfg: NodeConfig, spec: PodSpec, *, start: bool = Tru
     if find(cri, spec.name, spec.namespace):
         raise PodError(f"pod {spec.namespace}/{spec.name} already exists")
     images = {c.name: resolve_image(cri, c.image) for c in spec.containers}
-    uid = str(uuid.uuid4())
+    uid = spec.uid or str(uuid.uuid4())
     sandbox = sandbox_config(cfg, spec, uid)
     Path(sandbox.log_directory).mkdir(parents=True, exist_ok=True)
     pod_id = cri.run_pod_sandbox(sandbox)

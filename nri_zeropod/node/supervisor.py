@@ -9,6 +9,7 @@ pid is recorded in ``<prefix>/pids/agent.pid`` so that tests can kill it.
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -37,6 +38,8 @@ def agent_argv(cfg: NodeConfig) -> list[str]:
         "--bpf-pins", str(cfg.bpf_pins),
         "--metrics-addr", cfg.metrics_addr,
         "--log-format", "json",
+        # Extra agent flags for this node (e.g. --kubeconfig); the tests use it.
+        *shlex.split(os.environ.get("NRI_ZEROPOD_AGENT_ARGS", "")),
     ]
 
 
