@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 from pathlib import Path
 from typing import Any
 
 from nri_zeropod.agent import admin
+from nri_zeropod.agent.execwake import ExecWaker
 from nri_zeropod.agent.kubelink import KubeLink
 from nri_zeropod.agent.manager import AgentError, Manager
 from nri_zeropod.agent.metrics import Metrics
@@ -70,9 +72,11 @@ class Agent:
         self.manager.hooks.forget.append(self.metrics.forget)
         self.scalers.on_wake.append(self.metrics.woken)
         self.kube = KubeLink(settings.kube)
+        self.execs = ExecWaker(self.manager)
         self.plugin = AgentPlugin(
             settings=settings, manager=self.manager, scalers=self.scalers, kube=self.kube, toolbox_ok=problem is None
         )
+        self.plugin.on_adopted.append(self.execs.adopted)
 
     async def handle(self, req: dict[str, Any]) -> dict[str, Any]:
         op = req["op"]
@@ -118,6 +122,12 @@ class Agent:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        try:
+            # A process entering a scaled-down container must be stopped before it does much.
+            os.setpriority(os.PRIO_PROCESS, 0, -10)
+        except OSError as e:
+            log.warning(f"cannot raise the agent's priority (execs may run a little before they are held): {e}")
+        await self.execs.start()
         self.kube.start(self.manager)
         runner = asyncio.create_task(self.plugin.run(str(self.settings.nri_socket)))
         stopper = asyncio.create_task(stop.wait())
@@ -144,4 +154,5 @@ class Agent:
                 metrics_server.close()
             await self.plugin.rewriter.close()
             await self.kube.close()
+            self.execs.close()
             self.settings.admin_socket.unlink(missing_ok=True)

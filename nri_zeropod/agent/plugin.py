@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 from pathlib import Path
 
@@ -64,6 +64,7 @@ class AgentPlugin(Plugin):
         # Containers seen at creation and left unmanaged: not re-examined at start.
         self.passed_over: set[str] = set()
         self.warned_pods: set[str] = set()
+        self.on_adopted: list[Callable[[Record], object]] = []
 
     def background(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run ``coro`` outside the handler (a handler must answer fast); failures are logged."""
@@ -242,3 +243,5 @@ class AgentPlugin(Plugin):
         await self.manager.recover(rec)
         if rec.state in (State.RUNNING, State.SCALED_DOWN):
             self.scalers.start(rec)
+            for hook in self.on_adopted:
+                hook(rec)
