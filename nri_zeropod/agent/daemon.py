@@ -33,6 +33,7 @@ from nri_zeropod.proc import CommandError, run
 log = logging.getLogger("nri_zeropod.agent")
 
 MIN_CRIU = (4, 2)
+SWEEP_PERIOD = 30.0
 
 
 def check_toolbox(toolbox: Path) -> str | None:
@@ -105,6 +106,13 @@ class Agent:
             return {"ok": True, "id": rec.id, "state": rec.state.value, "seconds": took}
         return {"ok": False, "error": f"unknown op {op!r}"}
 
+    async def _sweep_now_and_then(self) -> None:
+        """Pins of pods removed while an event was missed (an agent restart) go within SWEEP_PERIOD."""
+        while True:
+            await asyncio.sleep(SWEEP_PERIOD)
+            if self.plugin.synchronized.is_set():
+                self.scalers.sweep()
+
     async def run(self) -> int:
         self.store.ensure()
         try:
@@ -129,6 +137,7 @@ class Agent:
             log.warning(f"cannot raise the agent's priority (execs may run a little before they are held): {e}")
         await self.execs.start()
         self.kube.start(self.manager)
+        sweeper = asyncio.create_task(self._sweep_now_and_then())
         runner = asyncio.create_task(self.plugin.run(str(self.settings.nri_socket)))
         stopper = asyncio.create_task(stop.wait())
         try:
@@ -149,6 +158,7 @@ class Agent:
             return 1
         finally:
             stopper.cancel()
+            sweeper.cancel()
             server.close()
             if metrics_server is not None:
                 metrics_server.close()

@@ -25,7 +25,7 @@ from nri_zeropod.agent.manager import fields, Manager, keeper_alive, label, star
 from nri_zeropod.agent.scaler import Scalers
 from nri_zeropod.agent.settings import KEEPER, AgentSettings
 from nri_zeropod.agent.specrewrite import SpecRewriteError, SpecRewriter
-from nri_zeropod.agent.store import Record
+from nri_zeropod.agent.store import Record, safe_id
 from nri_zeropod.nri import Container, ContainerAdjustment, ContainerUpdate, Mount, Plugin, PodSandbox, Reject
 
 log = logging.getLogger("nri_zeropod.agent")
@@ -99,6 +99,10 @@ class AgentPlugin(Plugin):
 
     async def create_container(self, pod: PodSandbox, container: Container) -> ContainerAdjustment | None:
         pol = self.policy(pod, container)
+        if pol.managed and not (safe_id(container.id) and safe_id(pod.id)):
+            log.error("container or pod id unfit for a directory name; container runs unmanaged",
+                      extra={**_names(pod, container), "id": container.id[:80]})
+            pol = podconfig.Policy(False, "bad id")
         if not pol.managed or not self.toolbox_ok:
             if pol.managed:
                 log.error("toolbox unusable, container runs unmanaged", extra=_names(pod, container))
@@ -187,6 +191,8 @@ class AgentPlugin(Plugin):
     async def remove_container(self, pod: PodSandbox, container: Container) -> None:
         self.unmanaged.pop(container.id, None)
         self.passed_over.discard(container.id)
+        if not safe_id(container.id):
+            return
         if self.manager.get(container.id) is not None or self.manager.store.dir(container.id).exists():
             self.background(self._remove(container.id))
 
@@ -194,8 +200,15 @@ class AgentPlugin(Plugin):
         await self.scalers.stop(cid)
         await self.manager.forget(cid)
 
+    async def run_pod_sandbox(self, pod: PodSandbox) -> None:
+        self.scalers.steering.live.add(pod.id)
+
     async def remove_pod_sandbox(self, pod: PodSandbox) -> None:
         self.warned_pods.discard(pod.id)
+        self.scalers.steering.live.discard(pod.id)
+        if not safe_id(pod.id):
+            log.warning("RemovePodSandbox for a pod id that is not one; ignored", extra={"pod_id": pod.id[:80]})
+            return
         if any(r.pod_id == pod.id for r in self.manager.records.values()) or (
             self.scalers.steering.pin_root / pod.id
         ).exists():
@@ -212,6 +225,8 @@ class AgentPlugin(Plugin):
             pod = by_id.get(c.pod_sandbox_id)
             if pod is None:
                 continue
+            if not safe_id(c.id):
+                continue
             seen.add(c.id)
             rec = self.manager.store.load(c.id)
             if rec is not None:
@@ -227,7 +242,8 @@ class AgentPlugin(Plugin):
             if cid not in seen:
                 log.info("removing state of a container the runtime no longer has", extra={"id": cid[:12]})
                 self.manager.store.remove(cid)
-        self.scalers.sweep(set(by_id))
+        self.scalers.steering.live = set(by_id)
+        self.scalers.sweep()
         return None
 
     def _adopt(self, rec: Record, c: Container) -> None:

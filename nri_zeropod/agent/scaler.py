@@ -17,6 +17,7 @@ managed container of a pod has its own activator socket at its own index.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import socket
 import time
@@ -28,7 +29,7 @@ from nri_zeropod.agent import criu
 from nri_zeropod.agent.activator import Activator, Address
 from nri_zeropod.agent.lifecycle import State
 from nri_zeropod.agent.manager import fields, AgentError, Manager, NotIdle, keeper_alive, label
-from nri_zeropod.agent.store import Record
+from nri_zeropod.agent.store import Record, safe_id
 from nri_zeropod.bpf import BpfError, Steering
 from nri_zeropod.bpf.steering import boot_ns
 
@@ -49,6 +50,8 @@ class PodSteering:
         self.obj_path = obj_path
         self.pods: dict[str, Steering] = {}
         self.node_addrs: set[Address] = set()
+        # The pods the runtime has (Synchronize, then RunPodSandbox and RemovePodSandbox).
+        self.live: set[str] = set()
 
     def refresh_node_addrs(self) -> None:
         try:
@@ -61,12 +64,16 @@ class PodSteering:
     def get(self, pod_id: str, netns_path: Path) -> Steering:
         st = self.pods.get(pod_id)
         if st is None:
+            if not safe_id(pod_id) or pod_id not in self.live:
+                raise BpfError(f"pod {pod_id[:80]!r} is gone or not a pod id", errno.ENOENT)
             st = Steering.attach(netns_path=netns_path, pin_dir=self.pin_root / pod_id, obj_path=self.obj_path)
             st.set_node_addrs(self.node_addrs)
             self.pods[pod_id] = st
         return st
 
     def remove(self, pod_id: str) -> None:
+        if not safe_id(pod_id):
+            return  # never a directory of ours
         st = self.pods.pop(pod_id, None)
         if st is not None:
             st.close()
@@ -387,10 +394,10 @@ class Scalers:
         except (OSError, BpfError) as e:
             log.warning("cannot remove a pod's steering pins", extra={"pod_id": pod_id[:12], "error": str(e)})
 
-    def sweep(self, live_pods: set[str]) -> None:
+    def sweep(self) -> None:
         """Remove the pins of pods the runtime no longer has."""
         for pod_id in self.steering.pod_ids_pinned():
-            if pod_id not in live_pods:
+            if pod_id not in self.steering.live:
                 log.info("removing steering pins of a pod that is gone", extra={"pod_id": pod_id[:12]})
                 try:
                     self.steering.remove(pod_id)

@@ -13,12 +13,21 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from nri_zeropod.agent.lifecycle import KEEPER_WORD, State
+
+
+# Container and pod ids become directory names: nothing that could climb out of a directory.
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,254}")
+
+
+def safe_id(value: str) -> bool:
+    return bool(_ID.fullmatch(value)) and ".." not in value
 
 
 @dataclass
@@ -74,8 +83,8 @@ class Store:
         os.chmod(self.root, 0o711)
 
     def dir(self, cid: str) -> Path:
-        if not cid or "/" in cid or cid.startswith("."):
-            raise ValueError(f"invalid container id {cid!r}")
+        if not safe_id(cid):
+            raise ValueError(f"invalid container id {cid[:80]!r}")
         return self.root / cid
 
     def state_dir(self, cid: str) -> Path:

@@ -44,6 +44,8 @@ _ENVELOPE = 16  # Response envelope bytes around the payload
 
 Route = Callable[[Request, HandlerScope], Awaitable[Response]]
 
+_OWN_RPC = frozenset({Event.CREATE_CONTAINER, Event.UPDATE_CONTAINER, Event.STOP_CONTAINER})
+
 
 class Dispatcher:
     def __init__(self, plugin: Plugin) -> None:
@@ -215,6 +217,11 @@ class Dispatcher:
             name = api.HANDLER_NAMES[event]
         except (ValueError, KeyError):
             self.log.info("StateChange for event %d, which this library does not handle; answering OK", req.event)
+            return Response(request.stream_id)
+        if event in _OWN_RPC:
+            # These events have RPCs of their own; a runtime never sends them as a StateChange.
+            self.log.warning("conn 1 stream %d: StateChange for %s, which has its own RPC; answering OK",
+                             request.stream_id, event.name)
             return Response(request.stream_id)
         handler = getattr(self.plugin, name)
         is_pod_event = event in (Event.RUN_POD_SANDBOX, Event.STOP_POD_SANDBOX, Event.REMOVE_POD_SANDBOX)

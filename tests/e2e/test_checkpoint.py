@@ -255,7 +255,7 @@ def test_app_exit_ends_the_container_with_its_code(node: kit.Node, managed) -> N
     )
     pod = managed(spec)
     cid = pod.containers["exits"]
-    assert kit.app_of(node, cid) is not None
+    eventually(lambda: kit.app_of(node, cid), timeout=5, what="the app started")
     assert node.cri.exec_sync(cid, ["touch", "/tmp/stop"]).exit_code == 0
     st = eventually(
         lambda: (s := node.cri.container_status(cid).status).state == pb.CONTAINER_EXITED and s,
@@ -267,8 +267,7 @@ def test_app_exit_ends_the_container_with_its_code(node: kit.Node, managed) -> N
 def test_app_killed_from_an_exec_ends_the_container(node: kit.Node, managed) -> None:
     pod = managed(pods.ContainerSpec(name="killed", image="busybox", ports=[8080]))
     cid = pod.containers["killed"]
-    app = kit.app_of(node, cid)
-    assert app is not None
+    app = eventually(lambda: kit.app_of(node, cid), timeout=5, what="the app started")
     node.cri.exec_sync(cid, ["kill", "-KILL", str(app.ns_pid)])
     st = eventually(
         lambda: (s := node.cri.container_status(cid).status).state == pb.CONTAINER_EXITED and s,

@@ -84,6 +84,20 @@ def test_every_event_arrives_through_its_rpc() -> None:
     run(body)
 
 
+def test_state_change_for_an_event_with_its_own_rpc_is_answered_without_a_handler_call() -> None:
+    async def body(env: Env) -> None:
+        plugin = Recorder()
+        rt, task, _ = await env.connect(plugin)
+        p, c = pod(), container()
+        for event in (E.CREATE_CONTAINER, E.UPDATE_CONTAINER, E.STOP_CONTAINER):
+            reply = await rt.call("StateChange", api.StateChangeEvent(event=event, pod=p, container=c))
+            assert reply.code == 0
+        assert plugin.seen == []
+        await stop(plugin, task, rt)
+
+    run(body)
+
+
 def test_handler_results_become_responses() -> None:
     async def body(env: Env) -> None:
         plugin = Recorder()
