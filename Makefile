@@ -13,7 +13,6 @@ setup:
 	hack/setup.sh
 
 include init/init.mk
-include init/helper.mk
 include bpf/bpf.mk
 
 build: $(BUILD)/zeropod-init $(BUILD)/zeropod-criu $(BUILD)/steer.bpf.o

@@ -37,6 +37,7 @@ class ExecWaker:
         manager.hooks.before_checkpoint.append(self._before_checkpoint)
         manager.hooks.after_checkpoint.append(self._after_checkpoint)
         manager.hooks.after_restore.append(self._after_restore)
+        manager.hooks.forget.append(self.unwatch_container)
 
     async def start(self) -> None:
         """Listen for new processes; without the connector, exec just does not wake (said once)."""
@@ -112,7 +113,8 @@ class ExecWaker:
         try:
             await self.manager.ensure_running(rec.id)
         except AgentError as e:
-            log.error("cannot restore for an exec", extra={**fields(rec), "error": str(e)})
+            if self.manager.get(rec.id) is not None:  # else the container went away meanwhile
+                log.error("cannot restore for an exec", extra={**fields(rec), "error": str(e)})
         finally:
             self.waking.pop(rec.id, None)
             # On success the restore hook let them go already; on failure they go anyway.

@@ -199,6 +199,7 @@ class AgentPlugin(Plugin):
     async def _remove(self, cid: str) -> None:
         await self.scalers.stop(cid)
         await self.manager.forget(cid)
+        self.scalers.sweep()  # the pod's steering goes with its last managed container
 
     async def run_pod_sandbox(self, pod: PodSandbox) -> None:
         self.scalers.steering.live.add(pod.id)

@@ -395,10 +395,11 @@ class Scalers:
             log.warning("cannot remove a pod's steering pins", extra={"pod_id": pod_id[:12], "error": str(e)})
 
     def sweep(self) -> None:
-        """Remove the pins of pods the runtime no longer has."""
+        """Remove the pins of pods that no longer have a managed container (whatever events were missed)."""
+        wanted = {r.pod_id for r in self.manager.records.values() if r.state != State.STOPPED}
         for pod_id in self.steering.pod_ids_pinned():
-            if pod_id not in self.steering.live:
-                log.info("removing steering pins of a pod that is gone", extra={"pod_id": pod_id[:12]})
+            if pod_id not in wanted:
+                log.info("removing steering pins of a pod without managed containers", extra={"pod_id": pod_id[:12]})
                 try:
                     self.steering.remove(pod_id)
                 except (OSError, BpfError) as e:
