@@ -21,6 +21,7 @@ demo: setup
 	$(VENV)/bin/nri-zeropod demo
 
 test: setup
+	$(VENV)/bin/ruff check nri_zeropod tests bench
 	$(PY) -m mypy
 	NRI_ZEROPOD_CI=$${NRI_ZEROPOD_CI:-0} $(PY) -m pytest tests/unit tests/integration tests/e2e
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from nri_zeropod.agent import podconfig
 from nri_zeropod.agent.lifecycle import State
 from nri_zeropod.agent.kubelink import KubeLink
-from nri_zeropod.agent.manager import fields, Manager, keeper_alive, label, start_time
+from nri_zeropod.agent.manager import fields, Manager, keeper_alive, start_time
 from nri_zeropod.agent.scaler import Scalers
 from nri_zeropod.agent.settings import KEEPER, AgentSettings
 from nri_zeropod.agent.specrewrite import SpecRewriteError, SpecRewriter
@@ -250,7 +250,8 @@ class AgentPlugin(Plugin):
     def _adopt(self, rec: Record, c: Container) -> None:
         if c.pid and keeper_running(c.pid):
             self._set_keeper(rec, c.pid)
-        if not keeper_alive(rec) and rec.state != State.STOPPED:
+        # A container created but not started yet (pid 0) keeps its state: PostStart comes later.
+        if c.pid and not keeper_alive(rec) and rec.state != State.STOPPED:
             rec.state = State.STOPPED
         self.manager.add(rec)
         log.info("adopted container", extra={**fields(rec), "state": rec.state.value})

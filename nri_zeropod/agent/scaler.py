@@ -28,7 +28,7 @@ from nri_zeropod import netns, pidfd, ports, sockdiag
 from nri_zeropod.agent import criu
 from nri_zeropod.agent.activator import Activator, Address
 from nri_zeropod.agent.lifecycle import State
-from nri_zeropod.agent.manager import fields, AgentError, Manager, NotIdle, keeper_alive, label
+from nri_zeropod.agent.manager import fields, AgentError, Manager, NotIdle, keeper_alive
 from nri_zeropod.agent.store import Record, safe_id
 from nri_zeropod.bpf import BpfError, Steering
 from nri_zeropod.bpf.steering import boot_ns

@@ -17,7 +17,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import pytest
 
 from nri_zeropod.node import cleanup, pods
 from nri_zeropod.nri import ConnectionLost, ContainerAdjustment, ContainerUpdate, KeyValue, Mount, api
