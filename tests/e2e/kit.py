@@ -77,7 +77,7 @@ def http_get(host: str, port: int, path: str = "/", *, timeout: float = 5.0) -> 
     return status, body
 
 
-def redis(host: str, port: int, *args: str, timeout: float = 5.0) -> object:
+def redis(host: str, port: int, *args: str, timeout: float = 15.0) -> object:
     """Send one command with the redis protocol (RESP) and return the decoded reply."""
     with socket.create_connection((host, port), timeout=timeout) as s:
         return redis_on(s, *args)
