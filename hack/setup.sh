@@ -27,7 +27,7 @@ HOST_SID=(containerd containernetworking-plugins catatonit busybox-static)
 HOST_TRIXIE=(kustomize)  # only to check deploy/nri renders as kustomize renders it
 HOST_BOOKWORM=(runc)
 # System packages from bookworm (no newer libc is ever pulled in).
-SYSTEM_PKGS=(gcc make libc6-dev musl-tools clang-14 libbpf-dev libbpf1 iproute2 util-linux curl wrk kmod)
+SYSTEM_PKGS=(gcc make libc6-dev musl-tools clang-14 libbpf-dev libbpf1 iproute2 util-linux mount curl wrk kmod openssl)
 
 preflight() {
     [ "$(id -u)" = 0 ] || die "run as root (setup installs packages and the node needs root)"
