@@ -35,7 +35,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from nri_zeropod import pidfd, ports
+from nri_zeropod import pidfd, ports, procevents
 from nri_zeropod.proc import CommandError, arun
 
 # Options for both directions; each was needed on the reference machine (DESIGN.md §3).
@@ -121,19 +121,10 @@ def dump_complete(images: Path) -> bool:
 
 def in_pid_ns(keeper_pid: int) -> list[int]:
     """Host pids of every process in ``keeper_pid``'s pid namespace but the keeper."""
-    try:
-        ns = os.readlink(f"/proc/{keeper_pid}/ns/pid")
-    except OSError:
+    ns = procevents.pid_ns_of(keeper_pid)
+    if ns is None:
         return []
-    out = []
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit() and int(d.name) != keeper_pid:
-            try:
-                if os.readlink(d / "ns/pid") == ns:
-                    out.append(int(d.name))
-            except OSError:
-                continue
-    return out
+    return [pid for pid in procevents.processes_in_pidns(ns, exclude_tree_of=None) if pid != keeper_pid]
 
 
 def kill_all_but_keeper(keeper_pid: int) -> int:
@@ -151,17 +142,9 @@ def kill_all_but_keeper(keeper_pid: int) -> int:
 
 def running_in(keeper_pid: int) -> bool:
     """Whether a toolbox CRIU runs in the pid namespace of ``keeper_pid``."""
-    try:
-        ns = os.readlink(f"/proc/{keeper_pid}/ns/pid")
-    except OSError:
-        return False
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit() or int(d.name) == keeper_pid:
-            continue
+    for pid in in_pid_ns(keeper_pid):
         try:
-            if os.readlink(d / "ns/pid") != ns:
-                continue
-            argv = (d / "cmdline").read_bytes().split(b"\0")
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
         if any(a.endswith(b"/bin/criu") for a in argv[:4]):
