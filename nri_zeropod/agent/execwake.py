@@ -31,6 +31,7 @@ class ExecWaker:
         self.events: procevents.ProcEvents | None = None
         self.watch: procevents.ExecWatch | None = None
         self.watched: dict[int, procevents.OnNew] = {}
+        self.ns_of: dict[str, int] = {}  # container id -> the pid namespace watched for it
         self.exclude: set[int] = {os.getpid()}
         self.stopped: dict[str, list[int]] = {}
         self.waking: dict[str, asyncio.Task[None]] = {}
@@ -63,6 +64,7 @@ class ExecWaker:
         if ns is None:
             return
         self.exclude.add(rec.keeper_pid)
+        self.ns_of[rec.id] = ns
         self.watched[ns] = lambda pid: self._exec_seen(rec, pid)
 
     def adopted(self, rec: Record) -> None:
@@ -71,7 +73,9 @@ class ExecWaker:
             self.watch_container(rec)
 
     def unwatch_container(self, rec: Record) -> None:
-        ns = procevents.pid_ns_of(rec.keeper_pid)
+        # By the namespace recorded at watch time: when a container is
+        # forgotten its keeper is gone, and /proc no longer names it.
+        ns = self.ns_of.pop(rec.id, None)
         if ns is not None:
             self.watched.pop(ns, None)
         self.exclude.discard(rec.keeper_pid)
