@@ -122,9 +122,19 @@ static void private_run(int kdat_in)
 	close(kdat_in);
 }
 
-static int run_criu(char **argv)
+/* Wait for a child; its exit status, or 128+signal. */
+static int wait_exit(pid_t pid)
 {
 	int status;
+
+	while (waitpid(pid, &status, 0) < 0)
+		if (errno != EINTR)
+			die("waitpid");
+	return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+static int run_criu(char **argv)
+{
 	pid_t pid = fork();
 
 	if (pid < 0)
@@ -135,10 +145,7 @@ static int run_criu(char **argv)
 		execv(argv[0], argv);
 		die("exec %s", argv[0]);
 	}
-	while (waitpid(pid, &status, 0) < 0)
-		if (errno != EINTR)
-			die("waitpid");
-	return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+	return wait_exit(pid);
 }
 
 int main(int argc, char **argv)
@@ -191,12 +198,8 @@ int main(int argc, char **argv)
 	child = fork();
 	if (child < 0)
 		die("fork");
-	if (child > 0) {
-		while (waitpid(child, &status, 0) < 0)
-			if (errno != EINTR)
-				die("waitpid");
-		return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-	}
+	if (child > 0)
+		return wait_exit(child);
 	/* If the agent gives up on us, do not leave a CRIU running behind its back. */
 	prctl(PR_SET_PDEATHSIG, SIGKILL);
 	if (privrun)
