@@ -121,10 +121,6 @@ class CRIClient:
         raw = self.container_status(container_id, verbose=True).info.get("info", "{}")
         return json.loads(raw)
 
-    def update_container_resources(self, container_id: str, resources: pb.LinuxContainerResources) -> None:
-        req = pb.UpdateContainerResourcesRequest(container_id=container_id, linux=resources)
-        self._call(RUNTIME, "UpdateContainerResources", req, pb.UpdateContainerResourcesResponse)
-
     def exec_sync(self, container_id: str, cmd: Sequence[str], *, timeout: int = 30) -> ExecResult:
         req = pb.ExecSyncRequest(container_id=container_id, cmd=list(cmd), timeout=timeout)
         resp = self._call(RUNTIME, "ExecSync", req, pb.ExecSyncResponse, timeout=timeout + 30)

@@ -32,13 +32,13 @@ from .errors import (
 from .keys import NAMESPACE_ENABLED, ORIGINAL_REQUESTS, Status, status_label, zeropod_status_label
 from .namespaces import NamespaceCache
 from .objects import PodRef, event_body
-from .settings import Backoff, HttpSettings, KubeSettings, WatchSettings, WriterSettings
+from .settings import Backoff, HttpSettings, WatchSettings, WriterSettings
 from .writer import Writer, WriterStats
 
 __all__ = [
     "MERGE_PATCH", "NAMESPACE_ENABLED", "ORIGINAL_REQUESTS", "STRATEGIC_MERGE_PATCH",
     "ApiError", "Backoff", "BadRequest", "ConfigError", "Conflict", "Forbidden", "Gone", "HttpSettings",
-    "Invalid", "KubeClient", "KubeConfig", "KubeError", "KubeSettings", "NamespaceCache", "NotFound",
+    "Invalid", "KubeClient", "KubeConfig", "KubeError", "NamespaceCache", "NotFound",
     "PodRef", "RequestTimeout", "ServerError", "Status", "TooManyRequests", "TransportError", "Unauthorized",
     "WatchEvent", "WatchSettings", "Writer", "WriterSettings", "WriterStats",
     "event_body", "load_config", "status_label", "zeropod_status_label",

@@ -96,7 +96,6 @@ class KubeClient:
         *,
         resource_version: str | None,
         timeout_seconds: int | None = None,
-        allow_bookmarks: bool = True,
         idle_timeout: float,
     ) -> AsyncIterator[WatchEvent]:
         """The events of a watch on the collection at ``path``, until the server ends it.
@@ -106,7 +105,7 @@ class KubeClient:
         query = {
             "watch": "true",
             "resourceVersion": resource_version or None,
-            "allowWatchBookmarks": "true" if allow_bookmarks else None,
+            "allowWatchBookmarks": "true",
             "timeoutSeconds": timeout_seconds,
         }
         async with aclosing(self.http.lines(path, query=query, idle_timeout=idle_timeout)) as stream:

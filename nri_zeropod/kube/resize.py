@@ -52,7 +52,10 @@ def container_spec(pod: Mapping[str, Any], container: str) -> dict[str, Any] | N
 
 def requests_of(pod: Mapping[str, Any], container: str) -> dict[str, str]:
     """The container's cpu and memory requests that are set, as quantity strings."""
-    c = container_spec(pod, container) or {}
+    return _requests(container_spec(pod, container) or {})
+
+
+def _requests(c: Mapping[str, Any]) -> dict[str, str]:
     requests = (c.get("resources") or {}).get("requests") or {}
     return {k: str(requests[k]) for k in SHRUNK if requests.get(k) is not None}
 
@@ -104,30 +107,29 @@ def with_resource_version(patch: Mapping[str, Any], resource_version: str | None
     return out
 
 
-def shrinkable(pod: Mapping[str, Any], container: str) -> list[str]:
-    """The resources of ``container`` that may be shrunk (see the module docstring)."""
+def shrinkable(pod: Mapping[str, Any], container: str) -> dict[str, str]:
+    """The current requests of ``container`` that may be shrunk (see the module docstring)."""
     c = container_spec(pod, container)
     if c is None or is_guaranteed(pod):
-        return []
+        return {}
     restart = {p.get("resourceName") for p in c.get("resizePolicy") or [] if p.get("restartPolicy") == "RestartContainer"}
-    return [k for k in requests_of(pod, container) if k not in restart]
+    return {k: v for k, v in _requests(c).items() if k not in restart}
 
 
 def shrink_plan(pod: Mapping[str, Any], container: str) -> Plan | None:
     """The writes that lower ``container``'s requests to 1m CPU / 1Ki memory; None if there is nothing to do."""
-    resources = shrinkable(pod, container)
-    if not resources:
+    current = shrinkable(pod, container)
+    if not current:
         return None
-    current = requests_of(pod, container)
     stored = originals(pod)
     annotation = None
     if container not in stored:
         # Never record already-shrunk values as originals (a shrink whose
         # annotation was lost, or one made by someone else).
-        keep = {k: current[k] for k in resources if current[k] != SHRUNK[k]}
+        keep = {k: v for k, v in current.items() if v != SHRUNK[k]}
         if keep:
             annotation = annotation_patch({**stored, container: keep})
-    target = {k: SHRUNK[k] for k in resources if current[k] != SHRUNK[k]}
+    target = {k: SHRUNK[k] for k, v in current.items() if v != SHRUNK[k]}
     if not target and annotation is None:
         return None
     return Plan(annotation, resize_patch(container, target) if target else None, annotation_first=True)

@@ -1,8 +1,8 @@
 """Settings of the Kubernetes client, as nested frozen dataclasses.
 
-Every default says why it is what it is. The agent builds one
-:class:`KubeSettings` at start-up; tests pass smaller timeouts and back-offs
-so that retries happen in milliseconds instead of seconds.
+Every default says why it is what it is. The agent uses the defaults; tests
+pass smaller timeouts and back-offs so that retries happen in milliseconds
+instead of seconds.
 """
 
 from __future__ import annotations
@@ -84,13 +84,3 @@ class WriterSettings:
     max_pending_per_pod: int = 64
     backoff: Backoff = field(default_factory=Backoff)
 
-
-@dataclass(frozen=True)
-class KubeSettings:
-    """Everything the Kubernetes part of the agent can be tuned with."""
-
-    http: HttpSettings = field(default_factory=HttpSettings)
-    watch: WatchSettings = field(default_factory=WatchSettings)
-    writer: WriterSettings = field(default_factory=WriterSettings)
-    # The reporting component of our Events and the prefix of our status labels.
-    component: str = "nri-zeropod"

@@ -32,7 +32,6 @@ import collections
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any, Literal
 
 from . import resize
@@ -138,7 +137,7 @@ class Writer:
         """Create an Event about the pod (and container), stamped now."""
         body = event_body(
             pod, reason=reason, message=message, type=type, container=container,
-            component=self.component, node=self.node, now=datetime.now(timezone.utc),
+            component=self.component, node=self.node,
         )
         q = self._queue(pod)
         if len(q.ops) >= self.settings.max_pending_per_pod:
