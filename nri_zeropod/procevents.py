@@ -48,6 +48,7 @@ import socket
 import struct
 from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 from .netns import NLMSG_HDR, iter_messages
 
@@ -367,6 +368,14 @@ def pid_ns_of(pid: int) -> int | None:
         return os.stat(f"/proc/{pid}/ns/pid").st_ino
     except OSError:
         return None
+
+
+def stat_fields(pid: int) -> list[str]:
+    """The fields of /proc/PID/stat after the command name: [0] is the state
+    (field 3), [19] the start time (field 22). OSError if ``pid`` is gone."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    # comm may hold spaces and parentheses; the fields after the last ')' do not.
+    return stat.rsplit(")", 1)[1].split()
 
 
 def parent_of(pid: int) -> int | None:

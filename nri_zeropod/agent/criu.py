@@ -101,8 +101,7 @@ def find_app(keeper_pid: int) -> AppProcess | None:
     for child in children:
         pid = int(child)
         try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-            fields = stat.rsplit(")", 1)[1].split()
+            fields = procevents.stat_fields(pid)
             state, sid = fields[0], int(fields[3])
             if state == "Z" or sid != pid:
                 continue

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nri_zeropod import procevents
 from nri_zeropod.agent import criu
 from nri_zeropod.agent.lifecycle import Event, State, next_state
 from nri_zeropod.agent.settings import AgentSettings
@@ -44,7 +45,7 @@ def fields(rec: Record) -> dict[str, str]:
 
 def start_time(pid: int) -> str:
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+        return procevents.stat_fields(pid)[19]
     except (OSError, IndexError):
         return ""
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nri_zeropod import paths
+from nri_zeropod.procevents import stat_fields
 from nri_zeropod.node import hostcheck
 from nri_zeropod.node.config import NodeConfig, cni_conflist, containerd_toml
 from nri_zeropod.proc import CommandError, run
@@ -73,22 +74,18 @@ def _alive_pid(cfg: NodeConfig, name: str) -> int | None:
     """The recorded pid of ``name`` if that process is still the one we started."""
     try:
         pid, start = _pid_file(cfg, name).read_text().split()
-        if _start_time(int(pid)) == start and _exists(int(pid)):
+        # The start time guards against a recycled pid; a zombie counts as gone.
+        fields = stat_fields(int(pid))
+        if fields[19] == start and fields[0] != "Z":
             return int(pid)
-    except (OSError, ValueError):
+    except (OSError, ValueError, IndexError):
         pass
     return None
 
 
-def _start_time(pid: int) -> str:
-    # Field 22 of /proc/PID/stat; guards against a recycled pid.
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    return stat.rsplit(")", 1)[1].split()[19]
-
-
 def _record_pid(cfg: NodeConfig, name: str, pid: int) -> None:
     cfg.pids.mkdir(parents=True, exist_ok=True)
-    _pid_file(cfg, name).write_text(f"{pid} {_start_time(pid)}\n")
+    _pid_file(cfg, name).write_text(f"{pid} {stat_fields(pid)[19]}\n")
 
 
 def spawn(cfg: NodeConfig, name: str, argv: list[str], *, env: dict[str, str] | None = None) -> int:
@@ -143,7 +140,7 @@ def _kill_and_wait(pid: int, *, grace: float) -> None:
 def _exists(pid: int) -> bool:
     try:
         # A zombie we do not own still shows up; treat state Z as gone.
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        return stat_fields(pid)[0] != "Z"
     except OSError:
         return False
 

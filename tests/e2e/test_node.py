@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from nri_zeropod.node import cleanup, pods
+from nri_zeropod.procevents import stat_fields
 from tests.e2e import kit
 from tests.helpers import eventually
 
@@ -86,7 +87,7 @@ def _our_processes(prefix: str) -> list[str]:
             continue
         try:
             cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            state = (d / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            state = stat_fields(int(d.name))[0]
         except OSError:
             continue
         if prefix in cmd and state != "Z" and int(d.name) != os.getpid():

@@ -8,6 +8,7 @@ import os
 import struct
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -199,6 +200,23 @@ def test_parent_of_self_and_of_a_missing_pid() -> None:
     assert pe.parent_of(os.getpid()) == os.getppid()
     assert pe.parent_of(2**22 + 1) is None  # above the largest pid_max
     assert pe.pid_ns_of(2**22 + 1) is None
+
+
+def test_stat_fields_past_a_command_name_with_parentheses_and_spaces(tmp_path: Path) -> None:
+    prog = tmp_path / "a) S 1 (b"
+    prog.write_bytes(open("/bin/sleep", "rb").read())
+    prog.chmod(0o755)
+    p = subprocess.Popen([str(prog), "30"])
+    try:
+        fields = pe.stat_fields(p.pid)
+        assert fields[0] in ("R", "S")  # field 3, the state
+        assert int(fields[1]) == os.getpid()  # field 4, the parent
+        assert int(fields[19]) >= int(pe.stat_fields(os.getpid())[19])  # field 22, started after us
+    finally:
+        p.kill()
+        p.wait()
+    with pytest.raises(OSError):
+        pe.stat_fields(2**22 + 1)
 
 
 # -- the watch, fed by hand ------------------------------------------------------------
