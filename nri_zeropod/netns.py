@@ -81,6 +81,17 @@ NLM_F_REQUEST = 0x1
 NLM_F_DUMP = 0x300
 
 
+def netlink_socket(proto: int, netns: NetnsRef | None = None) -> socket.socket:
+    """A raw netlink socket of ``proto`` in ``netns`` (None: ours), with a timeout
+    that only guards against a kernel bug: the kernel always answers."""
+    if netns is None:
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, proto)
+    else:
+        sock = socket_in_netns(netns, family=socket.AF_NETLINK, type=socket.SOCK_RAW, proto=proto)
+    sock.settimeout(5.0)
+    return sock
+
+
 def netlink_dump(sock: socket.socket, *, msg_type: int, payload: bytes) -> bytes:
     """Send one dump request and return the concatenated reply messages (without NLMSG_DONE).
 
@@ -161,11 +172,6 @@ def parse_addresses(data: bytes) -> list[ipaddress.IPv4Address | ipaddress.IPv6A
 
 def host_addresses(netns: NetnsRef | None = None) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
     """All IPv4/IPv6 addresses on the interfaces of ``netns`` (default: ours), loopback excluded."""
-    if netns is None:
-        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
-    else:
-        sock = socket_in_netns(netns, family=socket.AF_NETLINK, type=socket.SOCK_RAW, proto=socket.NETLINK_ROUTE)
-    with sock:
-        sock.settimeout(5.0)  # the kernel always answers; this only guards against a bug
+    with netlink_socket(socket.NETLINK_ROUTE, netns) as sock:
         req = _IFADDRMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0)
         return parse_addresses(netlink_dump(sock, msg_type=RTM_GETADDR, payload=req))

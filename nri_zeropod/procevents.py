@@ -50,14 +50,14 @@ from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from .netns import NLMSG_HDR, iter_messages
+from .netns import NLMSG_DONE, NLMSG_HDR, iter_messages
 
 log = logging.getLogger("nri_zeropod.procevents")
 
 NETLINK_CONNECTOR = 11
 CN_IDX_PROC = 1
 CN_VAL_PROC = 1
-NLMSG_DONE = 3  # the connector's message type, both ways
+# The connector's messages are NLMSG_DONE (from netns), both ways.
 PROC_CN_MCAST_LISTEN = 1
 PROC_CN_MCAST_IGNORE = 2
 

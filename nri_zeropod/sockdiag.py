@@ -153,13 +153,6 @@ def dump(sock: socket.socket, family: int) -> bytes:
 
 def snapshot(netns_path: netns.NetnsRef | None, ports: Iterable[int]) -> dict[int, PortStats]:
     """Per-port TCP state in ``netns_path`` (None: our own netns)."""
-    if netns_path is None:
-        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_SOCK_DIAG)
-    else:
-        sock = netns.socket_in_netns(
-            netns_path, family=socket.AF_NETLINK, type=socket.SOCK_RAW, proto=NETLINK_SOCK_DIAG
-        )
-    with sock:
-        sock.settimeout(5.0)  # the kernel always answers; this only guards against a bug
+    with netns.netlink_socket(NETLINK_SOCK_DIAG, netns_path) as sock:
         data = dump(sock, socket.AF_INET) + dump(sock, socket.AF_INET6)
     return summarize(parse_dump(data), ports)
