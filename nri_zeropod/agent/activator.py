@@ -69,7 +69,7 @@ async def sniff(conn: socket.socket, *, timeout: float) -> tuple[probes.Kind, by
             eof = True
 
 
-async def dial(*, netns_path: Path, addr: Address, port: int, steering: Steering | None, timeout: float) -> socket.socket:
+async def dial(*, netns_path: Path, addr: Address, port: int, steering: Steering, timeout: float) -> socket.socket:
     """Connect to ``addr:port`` from inside the pod, retrying every millisecond while refused.
 
     The source is bound first (to ``addr`` itself, a local address of the
@@ -86,8 +86,7 @@ async def dial(*, netns_path: Path, addr: Address, port: int, steering: Steering
         try:
             s.bind((str(addr), 0))
             bypass = s.getsockname()[1]
-            if steering is not None:
-                steering.add_bypass(addr, bypass)
+            steering.add_bypass(addr, bypass)
             await loop.sock_connect(s, (str(addr), port))
             return s
         except OSError as e:
@@ -95,7 +94,7 @@ async def dial(*, netns_path: Path, addr: Address, port: int, steering: Steering
             if e.errno not in (errno.ECONNREFUSED, errno.ECONNRESET) or loop.time() > deadline:
                 raise
         finally:
-            if steering is not None and bypass is not None:
+            if bypass is not None:
                 steering.remove_bypass(addr, bypass)
         await asyncio.sleep(DIAL_PERIOD)
 

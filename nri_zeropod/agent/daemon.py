@@ -19,7 +19,7 @@ from typing import Any
 from nri_zeropod.agent import admin
 from nri_zeropod.agent.execwake import ExecWaker
 from nri_zeropod.agent.kubelink import KubeLink
-from nri_zeropod.agent.manager import AgentError, Manager
+from nri_zeropod.agent.manager import Manager
 from nri_zeropod.agent.metrics import Metrics
 from nri_zeropod.agent.metrics import serve as serve_metrics
 from nri_zeropod.agent.plugin import AgentPlugin
@@ -99,9 +99,7 @@ class Agent:
                 else:
                     rec = await self.manager.restore(rec.id, prepared=bool(req.get("prepared", True)))
                     took = rec.last_restore_seconds
-            except AgentError as e:
-                return {"ok": False, "error": str(e)}
-            except Exception as e:  # noqa: BLE001 - IllegalTransition and friends: report, do not die
+            except Exception as e:  # noqa: BLE001 - AgentError, IllegalTransition and friends: report, do not die
                 return {"ok": False, "error": str(e)}
             return {"ok": True, "id": rec.id, "state": rec.state.value, "seconds": took}
         return {"ok": False, "error": f"unknown op {op!r}"}

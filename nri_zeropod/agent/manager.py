@@ -208,7 +208,6 @@ class Manager:
         app = criu.find_app(rec.keeper_pid)
         if app is None:
             raise AgentError(f"{label(rec)}: no app process under the keeper (pid {rec.keeper_pid})")
-        rec.app_ns_pid = app.ns_pid
         await _run_hooks(self.hooks.before_checkpoint, rec, automatic)
         rss = container_memory(rec.keeper_pid)
         self._move(rec, Event.CHECKPOINT)
@@ -314,9 +313,7 @@ class Manager:
             if app is not None:
                 rec.state = State.RUNNING
                 self.store.clear_images(rec.id)
-            elif before == State.CHECKPOINTING and criu.dump_complete(images):
-                rec.state = State.SCALED_DOWN
-            elif before == State.RESTORING and criu.dump_complete(images):
+            elif criu.dump_complete(images):  # a finished dump, whether or not a restore began
                 rec.state = State.SCALED_DOWN
             else:
                 rec.state = State.RESTORE_FAILED
@@ -334,7 +331,8 @@ class Manager:
     def status(self) -> list[dict[str, object]]:
         rows: list[dict[str, object]] = []
         for rec in sorted(self.records.values(), key=lambda r: (r.pod_namespace, r.pod_name, r.name)):
-            app = criu.find_app(rec.keeper_pid) if rec.state == State.RUNNING and keeper_alive(rec) else None
+            alive = keeper_alive(rec)
+            app = criu.find_app(rec.keeper_pid) if rec.state == State.RUNNING and alive else None
             rows.append(
                 {
                     "id": rec.id,
@@ -345,7 +343,7 @@ class Manager:
                     "since": rec.since,
                     "keeper_pid": rec.keeper_pid,
                     "app_pid": app.ns_pid if app else None,
-                    "rss_bytes": container_memory(rec.keeper_pid) if keeper_alive(rec) else 0,
+                    "rss_bytes": container_memory(rec.keeper_pid) if alive else 0,
                     "rss_at_checkpoint": rec.rss_at_checkpoint,
                     "image_bytes": rec.image_bytes,
                     "scaledown_seconds": rec.scaledown_seconds,

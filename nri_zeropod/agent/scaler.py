@@ -105,15 +105,15 @@ def keeper_socket(keeper_pid: int) -> socket.socket:
 class Scaler:
     def __init__(
         self, *, manager: Manager, steering: PodSteering, rec: Record,
-        on_wake: list[Callable[[Record, float], object]] | None = None,
+        on_wake: list[Callable[[Record, float], object]],
     ) -> None:
         self.manager = manager
-        self.on_wake = on_wake if on_wake is not None else []
+        self.on_wake = on_wake
         self.pods = steering
         self.rec = rec
         self.activator: Activator | None = None
         self.steering: Steering | None = None
-        self.netns_path = Path(f"/proc/{rec.keeper_pid}/ns/net")
+        self.netns_path = netns.pid_netns(rec.keeper_pid)
         self.busy = "starting"  # why it is not scaling down, for status
         self.ports: list[int] = []
         self.wakes = 0
@@ -195,8 +195,7 @@ class Scaler:
             self.activator.close()
         if self.steering is not None:
             try:
-                for port in self.ports:
-                    self.steering.unsteer(port)
+                self._unsteer()
                 if self.rec.activator_index >= 0:
                     self.steering.clear_socket(self.rec.activator_index)
             except (OSError, BpfError):
@@ -389,10 +388,7 @@ class Scalers:
     async def pod_removed(self, pod_id: str) -> None:
         for cid in [c for c, sc in self.scalers.items() if sc.rec.pod_id == pod_id]:
             await self.stop(cid)
-        try:
-            self.steering.remove(pod_id)
-        except (OSError, BpfError) as e:
-            log.warning("cannot remove a pod's steering pins", extra={"pod_id": pod_id[:12], "error": str(e)})
+        self._remove_pins(pod_id)
 
     def sweep(self) -> None:
         """Remove the pins of pods that no longer have a managed container (whatever events were missed)."""
@@ -400,10 +396,13 @@ class Scalers:
         for pod_id in self.steering.pod_ids_pinned():
             if pod_id not in wanted:
                 log.info("removing steering pins of a pod without managed containers", extra={"pod_id": pod_id[:12]})
-                try:
-                    self.steering.remove(pod_id)
-                except (OSError, BpfError) as e:
-                    log.warning("cannot remove steering pins", extra={"pod_id": pod_id[:12], "error": str(e)})
+                self._remove_pins(pod_id)
+
+    def _remove_pins(self, pod_id: str) -> None:
+        try:
+            self.steering.remove(pod_id)
+        except (OSError, BpfError) as e:
+            log.warning("cannot remove a pod's steering pins", extra={"pod_id": pod_id[:12], "error": str(e)})
 
     def view(self, cid: str) -> dict[str, object]:
         sc = self.scalers.get(cid)

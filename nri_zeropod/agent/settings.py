@@ -51,9 +51,6 @@ class AgentSettings:
     # Prometheus endpoint, HOST:PORT ("" = off). Every address, as zeropod's manager (which uses :8080).
     metrics_addr: str = ":9133"
     kube: KubeOptions = field(default_factory=KubeOptions)
-    # A keeper-less container is refused at start only when the bundle cannot be
-    # read this fast; reading config.json takes well under a millisecond.
-    bundle_read_timeout: float = 0.2
 
     @property
     def criu(self) -> CriuSettings:

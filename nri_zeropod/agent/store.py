@@ -45,8 +45,6 @@ class Record:
     probe_detection: bool = True
     keeper_pid: int = 0
     keeper_start: str = ""
-    app_ns_pid: int = 0
-    checkpoint_ports: list[int] = field(default_factory=list)
     activator_index: int = -1
     checkpoints: int = 0
     restores: int = 0
@@ -105,12 +103,6 @@ class Store:
 
     def write_keeper_state(self, cid: str, state: State) -> None:
         _atomic_write(self.state_dir(cid) / "state", KEEPER_WORD[state] + "\n", mode=0o644)
-
-    def keeper_state(self, cid: str) -> str:
-        try:
-            return (self.state_dir(cid) / "state").read_text().strip()
-        except OSError:
-            return ""
 
     def save(self, rec: Record) -> None:
         _atomic_write(self.dir(rec.id) / "container.json", json.dumps(rec.to_json(), indent=1) + "\n", mode=0o600)
