@@ -108,6 +108,18 @@ download() {
     (cd "$DEBS" && apt-get download -qq -o APT::Sandbox::User=root -t "$suite" "${need[@]}" >/dev/null) || die "apt-get download -t $suite ${need[*]} failed"
 }
 
+# The stamp key of a set of .deb files: their names, which carry the versions.
+debs_key() {
+    printf '%s\n' "$@" | xargs -n1 basename | sort | tr '\n' ' '
+}
+
+# The toolbox's CRIU, run through the toolbox's own ld.so: tb_criu TOOLBOX ARGS...
+tb_criu() {
+    local tb=$1
+    shift
+    "$tb/lib/ld-linux-x86-64.so.2" --library-path "$tb/lib" "$tb/bin/criu" "$@"
+}
+
 host_root() {
     local pkg files=()
     download sid "${HOST_SID[@]}"
@@ -115,7 +127,7 @@ host_root() {
     download bookworm "${HOST_BOOKWORM[@]}"
     for pkg in "${HOST_SID[@]}" "${HOST_TRIXIE[@]}" "${HOST_BOOKWORM[@]}"; do files+=("$(deb_file "$pkg")"); done
     local key
-    key=$(printf '%s\n' "${files[@]}" | xargs -n1 basename | sort | tr '\n' ' ')
+    key=$(debs_key "${files[@]}")
     stamp_ok root "$key" && [ -x "$OPT/root/usr/bin/containerd" ] && return 0
     log "unpacking containerd, runc, CNI plugins, catatonit, busybox and kustomize into $OPT/root"
     rm -rf "$OPT/root.new" && mkdir -p "$OPT/root.new"
@@ -138,7 +150,7 @@ toolbox() {
     local files=() p
     for p in $pkgs; do files+=("$(deb_file "$p")"); done
     local key
-    key="$(printf '%s\n' "${files[@]}" | xargs -n1 basename | sort | tr '\n' ' ') $(cat "$REPO/build/zeropod-init" "$REPO/build/zeropod-criu" | sha256sum | cut -c1-16)"
+    key="$(debs_key "${files[@]}") $(cat "$REPO/build/zeropod-init" "$REPO/build/zeropod-criu" | sha256sum | cut -c1-16)"
     stamp_ok toolbox "$key" && [ -x "$OPT/toolbox/bin/criu" ] && return 0
     log "assembling the CRIU toolbox in $OPT/toolbox"
     local tmp=$OPT/toolbox.tmp new=$OPT/toolbox.new
@@ -153,35 +165,36 @@ toolbox() {
     done
     [ -e "$new/lib/ld-linux-x86-64.so.2" ] || die "toolbox: no ld-linux-x86-64.so.2 in the unpacked libc6"
     cp "$REPO/build/zeropod-init" "$REPO/build/zeropod-criu" "$new/bin/"
-    "$new/lib/ld-linux-x86-64.so.2" --library-path "$new/lib" "$new/bin/criu" --version | head -n 1 >"$new/VERSION"
+    tb_criu "$new" --version | head -n 1 >"$new/VERSION"
     rm -rf "$tmp" "$OPT/toolbox" && mv "$new" "$OPT/toolbox"
     stamp_set toolbox "$key"
 }
 
 check_toolbox() {
     local tb=$OPT/toolbox ver
-    ver=$("$tb/lib/ld-linux-x86-64.so.2" --library-path "$tb/lib" "$tb/bin/criu" --version | sed -n 's/^Version: *//p')
+    ver=$(tb_criu "$tb" --version | sed -n 's/^Version: *//p')
     case "$ver" in
         4.[2-9]* | 4.[1-9][0-9]* | [5-9].*) ;;
         *) die "toolbox CRIU is '$ver', need >= 4.2" ;;
     esac
     stamp_ok criu-check "$ver $(uname -r)" && return 0
-    "$tb/lib/ld-linux-x86-64.so.2" --library-path "$tb/lib" "$tb/bin/criu" check >/dev/null 2>"$OPT/criu-check.log" \
+    tb_criu "$tb" check >/dev/null 2>"$OPT/criu-check.log" \
         || die "criu check failed through the toolbox (see $OPT/criu-check.log)"
     stamp_set criu-check "$ver $(uname -r)"
 }
 
 venv() {
-    local key
+    local key stamp
     key=$(sha256sum "$REPO/pyproject.toml" | cut -c1-16)
-    if [ -x "$REPO/.venv/bin/python" ] && stamp_ok "venv-$(echo "$REPO" | md5sum | cut -c1-8)" "$key"; then return 0; fi
+    stamp="venv-$(echo "$REPO" | md5sum | cut -c1-8)" # one per checkout
+    if [ -x "$REPO/.venv/bin/python" ] && stamp_ok "$stamp" "$key"; then return 0; fi
     log "creating the Python virtualenv in $REPO/.venv"
     local py=${PYTHON:-python3}
     "$py" -c 'import sys; sys.exit(sys.version_info < (3, 11))' || die "needs Python >= 3.11 ($py is older)"
     [ -x "$REPO/.venv/bin/python" ] || "$py" -m venv "$REPO/.venv" || die "python3 -m venv failed"
     "$REPO/.venv/bin/pip" install -q --disable-pip-version-check -e "$REPO[test]" 2>&1 | grep -v '^WARNING: Location' >&2 || true
     "$REPO/.venv/bin/python" -c 'import nri_zeropod, grpc, google.protobuf, pytest' || die "the virtualenv is incomplete"
-    stamp_set "venv-$(echo "$REPO" | md5sum | cut -c1-8)" "$key"
+    stamp_set "$stamp" "$key"
 }
 
 build() {

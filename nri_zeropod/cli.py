@@ -28,7 +28,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
     return (
         UserError, AdminError, CRIError, MissingFeature, NodeError, PodError, CommandError, ValueError,
-        PermissionError, RuntimeError, OSError,
+        RuntimeError, OSError,
     )
 
 

@@ -17,6 +17,7 @@ import ipaddress
 import os
 import socket
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -117,14 +118,25 @@ def socket_inodes(pid: int, proc: Path = Path("/proc")) -> set[int]:
     return inodes
 
 
-def listeners(pid: int, proc: Path = Path("/proc")) -> list[Listener]:
-    """Sorted, distinct listening TCP sockets held by ``pid`` or its descendants."""
+def _tree_socket_inodes(pid: int, proc: Path) -> set[int]:
+    """Inodes of the sockets held by ``pid`` and its descendants."""
     inodes: set[int] = set()
     for p in process_tree(pid, proc):
         inodes |= socket_inodes(p, proc)
-    found: set[Listener] = set()
+    return inodes
+
+
+def _tcp_tables(pid: int, proc: Path) -> Iterator[tuple[int, str]]:
+    """(family, text) of /proc/PID/net/tcp and tcp6: the tables of ``pid``'s netns."""
     for name, family in (("tcp", socket.AF_INET), ("tcp6", socket.AF_INET6)):
-        text = _read(proc / str(pid) / "net" / name) or ""
+        yield family, _read(proc / str(pid) / "net" / name) or ""
+
+
+def listeners(pid: int, proc: Path = Path("/proc")) -> list[Listener]:
+    """Sorted, distinct listening TCP sockets held by ``pid`` or its descendants."""
+    inodes = _tree_socket_inodes(pid, proc)
+    found: set[Listener] = set()
+    for family, text in _tcp_tables(pid, proc):
         found.update(lst for lst, inode in parse_proc_net_tcp(text, family=family) if inode in inodes)
     return sorted(found)
 
@@ -146,11 +158,8 @@ def parse_socket_states(text: str) -> list[tuple[str, int]]:
 
 def connections(pid: int, proc: Path = Path("/proc")) -> int:
     """How many connected (not listening) TCP sockets ``pid`` and its descendants hold."""
-    inodes: set[int] = set()
-    for p in process_tree(pid, proc):
-        inodes |= socket_inodes(p, proc)
+    inodes = _tree_socket_inodes(pid, proc)
     count = 0
-    for name in ("tcp", "tcp6"):
-        text = _read(proc / str(pid) / "net" / name) or ""
+    for _family, text in _tcp_tables(pid, proc):
         count += sum(1 for state, inode in parse_socket_states(text) if inode in inodes and state != TCP_LISTEN_HEX)
     return count

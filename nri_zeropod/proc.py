@@ -67,10 +67,6 @@ def run(
     Output is decoded as UTF-8 with replacement. With ``check`` (the default)
     a non-zero exit raises :class:`CommandError`.
     """
-    full_env = None
-    if env is not None:
-        full_env = dict(os.environ)
-        full_env.update(env)
     data = input.encode() if isinstance(input, str) else input
     try:
         cp = subprocess.run(
@@ -78,7 +74,7 @@ def run(
             input=data,
             capture_output=True,
             timeout=timeout,
-            env=full_env,
+            env=_full_env(env),
             cwd=cwd,
             pass_fds=tuple(pass_fds),
             preexec_fn=preexec_fn,
@@ -99,6 +95,11 @@ def run(
     return res
 
 
+def _full_env(env: Mapping[str, str] | None) -> dict[str, str] | None:
+    """Our environment with ``env`` on top; None (inherit it as is) without ``env``."""
+    return None if env is None else {**os.environ, **env}
+
+
 async def arun(
     argv: Sequence[str],
     *,
@@ -109,17 +110,13 @@ async def arun(
     preexec_fn=None,
 ) -> Result:
     """asyncio flavour of :func:`run`; the child is killed when the timeout expires."""
-    full_env = None
-    if env is not None:
-        full_env = dict(os.environ)
-        full_env.update(env)
     try:
         p = await asyncio.create_subprocess_exec(
             *argv,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            env=full_env,
+            env=_full_env(env),
             pass_fds=tuple(pass_fds),
             preexec_fn=preexec_fn,
         )

@@ -6,11 +6,10 @@ netns and pins link and maps in bpffs; :class:`Steering` edits the maps.
 """
 
 from .libbpf import BpfError
-from .pins import PIN_ROOT, default_obj_path, ensure_bpffs, is_bpffs, pod_pin_dir
+from .pins import default_obj_path, ensure_bpffs, is_bpffs
 from .steering import Activity, Steering, boot_ns, pack_addr
 
 __all__ = [
-    "PIN_ROOT",
     "Activity",
     "BpfError",
     "Steering",
@@ -19,5 +18,4 @@ __all__ = [
     "ensure_bpffs",
     "is_bpffs",
     "pack_addr",
-    "pod_pin_dir",
 ]

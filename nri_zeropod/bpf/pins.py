@@ -26,7 +26,6 @@ from .libbpf import BpfError, capture, check, check_ptr, lib, obj_get, obj_info
 log = logging.getLogger("nri_zeropod.bpf")
 
 BPFFS = Path("/sys/fs/bpf")
-PIN_ROOT = BPFFS / "nri-zeropod"
 PROG_NAME = "steer"
 LINK_PIN = "link"
 MAP_NAMES = ("steer_ports", "activator_socks", "activity", "node_addrs", "bypass")
@@ -43,13 +42,6 @@ def default_obj_path() -> Path:
     """``$NRI_ZEROPOD_BPF_OBJ``, else ``steer.bpf.o`` in the build directory."""
     env = os.environ.get("NRI_ZEROPOD_BPF_OBJ")
     return Path(env) if env else paths.build_dir() / "steer.bpf.o"
-
-
-def pod_pin_dir(pod_id: str) -> Path:
-    """Where one pod's link and maps are pinned."""
-    if not pod_id or "/" in pod_id or pod_id in (".", ".."):
-        raise ValueError(f"bad pod id for a pin directory: {pod_id!r}")
-    return PIN_ROOT / pod_id
 
 
 def is_bpffs(path: Path) -> bool:

@@ -111,12 +111,10 @@ def layer_tar(rootfs: Path) -> bytes:
 def _walk(rootfs: Path) -> list[str]:
     out: list[str] = []
     for dirpath, dirnames, filenames in os.walk(rootfs):
-        dirnames.sort()
         rel_dir = os.path.relpath(dirpath, rootfs)
-        for name in sorted(dirnames + filenames):
-            rel = name if rel_dir == "." else f"{rel_dir}/{name}"
-            out.append(rel)
-    out.sort()
+        for name in dirnames + filenames:
+            out.append(name if rel_dir == "." else f"{rel_dir}/{name}")
+    out.sort()  # a reproducible layer: the same tree gives the same digest
     return out
 
 

@@ -10,10 +10,6 @@ from nri_zeropod.node.config import NodeConfig
 READY_TIMEOUT = 30.0
 
 
-class AgentStartError(Exception):
-    pass
-
-
 def start(cfg: NodeConfig) -> None:
     """Start the supervisor and wait until the agent has synchronized with containerd."""
     from nri_zeropod.agent import admin

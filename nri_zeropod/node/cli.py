@@ -79,7 +79,7 @@ def _selected(prefix: Path | None) -> NodeConfig | None:
 def cmd_up(args: argparse.Namespace) -> int:
     prefix = (args.prefix or paths.default_node_prefix()).resolve()
     cfg = node.up(NodeConfig.from_env(prefix, agent=not args.no_agent), log=lambda m: print(m, file=sys.stderr))
-    _print_status(cfg)
+    _print_status(node.status(cfg))
     return 0
 
 
@@ -94,15 +94,16 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     cfg = _selected(args.prefix)
-    if cfg is None or not node.status(cfg).up:
+    st = node.status(cfg) if cfg is not None else None
+    if st is None or not st.up:
         print("no node is up")
         return 3
-    _print_status(cfg)
+    _print_status(st)
     return 0
 
 
-def _print_status(cfg: NodeConfig) -> None:
-    st = node.status(cfg)
+def _print_status(st: node.NodeStatus) -> None:
+    cfg = st.config
     agent = f"running (supervisor pid {st.agent_pid})" if st.agent_pid else ("not started" if cfg.agent else "disabled")
     print(f"node:        up (containerd pid {st.containerd_pid})")
     print(f"prefix:      {cfg.prefix}")
@@ -113,10 +114,8 @@ def _print_status(cfg: NodeConfig) -> None:
     print(f"logs:        {cfg.logs} (pod logs: {cfg.pod_logs})")
     from nri_zeropod.node import agentctl
 
-    extra = getattr(agentctl, "status_lines", None)
-    if extra:
-        for line in extra(cfg):
-            print(line)
+    for line in agentctl.status_lines(cfg):
+        print(line)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -147,8 +146,11 @@ def cmd_pods(args: argparse.Namespace) -> int:
     cfg = node.require_current()
     with CRIClient(str(cfg.containerd_sock)) as cri:
         rows: list[tuple[str, ...]] = []
+        by_pod: dict[str, list[pods.pb.Container]] = {}
+        for c in cri.list_containers():
+            by_pod.setdefault(c.pod_sandbox_id, []).append(c)
         for pod in pods.list_pods(cri):
-            containers = cri.list_containers(pod_id=pod.id)
+            containers = by_pod.get(pod.id, [])
             for c in containers:
                 cstate = pods.pb.ContainerState.Name(c.state).removeprefix("CONTAINER_")
                 rows.append((pod.namespace, pod.name, c.metadata.name, cstate, pod.ip or "-"))

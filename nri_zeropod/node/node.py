@@ -266,15 +266,13 @@ def down(cfg: NodeConfig, *, log=print) -> bool:
 
 def _remove_all_pods(cfg: NodeConfig, *, log) -> None:
     from nri_zeropod.cri import CRIClient, CRIError
+    from nri_zeropod.node.pods import remove_sandbox
 
     try:
         with CRIClient(str(cfg.containerd_sock), timeout=60) as cri:
             for pod in cri.list_pod_sandbox():
                 try:
-                    for c in cri.list_containers(pod_id=pod.id):
-                        cri.stop_container(c.id, timeout=2)
-                    cri.stop_pod_sandbox(pod.id)
-                    cri.remove_pod_sandbox(pod.id)
+                    remove_sandbox(cri, pod.id, grace=2)
                 except CRIError as e:
                     log(f"warning: removing pod {pod.metadata.namespace}/{pod.metadata.name}: {e}")
     except CRIError as e:

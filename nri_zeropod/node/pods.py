@@ -174,7 +174,7 @@ def run_pod(cri: CRIClient, cfg: NodeConfig, spec: PodSpec, *, start: bool = Tru
             if start:
                 cri.start_container(containers[c.name])
     except BaseException:
-        _remove(cri, pod_id)
+        remove_sandbox(cri, pod_id)
         raise
     return get(cri, pod_id)
 
@@ -193,7 +193,8 @@ def get(cri: CRIClient, pod_id: str) -> Pod:
     )
 
 
-def _remove(cri: CRIClient, pod_id: str, *, grace: int = 10) -> None:
+def remove_sandbox(cri: CRIClient, pod_id: str, *, grace: int = 10) -> None:
+    """Stop the sandbox's running containers (SIGKILL after ``grace`` seconds), then it, and remove it."""
     for c in cri.list_containers(pod_id=pod_id):
         if c.state == pb.CONTAINER_RUNNING:
             cri.stop_container(c.id, timeout=grace)
@@ -208,7 +209,7 @@ def remove_pod(cri: CRIClient, cfg: NodeConfig, name: str, *, namespace: str = "
         raise PodError(f"pod {namespace}/{name} not found")
     for sb in found:
         uid = sb.metadata.uid
-        _remove(cri, sb.id, grace=grace)
+        remove_sandbox(cri, sb.id, grace=grace)
         from nri_zeropod.node import cleanup
 
         cleanup.cgroups(f"{cfg.cgroup_parent}/pod{uid}")
