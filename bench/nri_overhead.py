@@ -139,12 +139,7 @@ def main() -> int:
         result = summary(times)
     finally:
         try:
-            found = pods.find(node.cri, POD)
-            for sandbox in found:
-                for c in node.cri.list_containers(pod_id=sandbox.id):
-                    node.cri.stop_container(c.id, timeout=0)  # sleep as pid 1 ignores SIGTERM
-            if found:
-                node.rm(POD)
+            kit.remove_now(node, POD)  # sleep as pid 1 ignores SIGTERM
         finally:
             node.stop()
     print(json.dumps(result))

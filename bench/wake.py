@@ -76,13 +76,6 @@ def pct(values: list[float], p: float) -> float:
     return s[min(len(s) - 1, int(round(p / 100 * (len(s) - 1))))]
 
 
-def fill_redis(ip: str, mib: int) -> None:
-    value = "x" * (1 << 20)
-    with socket.create_connection((ip, 6379), timeout=30) as s:
-        for i in range(mib):
-            assert kit.redis_on(s, "SET", f"blob{i}", value) == "OK"
-
-
 APPS: dict[str, dict] = {
     "busybox": {"image": "busybox", "port": 8080, "request": HTTP_GET},
     "python": {"image": "python", "port": 8080, "request": HTTP_GET},
@@ -98,7 +91,7 @@ def wake_samples(node: kit.Node, name: str, app: dict, wakes: int) -> list[float
     try:
         first_byte_retrying(pod.ip, app["port"], app["request"], since=time.perf_counter())
         if app.get("fill"):
-            fill_redis(pod.ip, app["fill"])
+            kit.fill_redis(pod.ip, app["fill"], key="blob", fill="x")
         samples = []
         for _ in range(wakes):
             kit.checkpoint(node, cid)

@@ -29,9 +29,7 @@ def eventually(check: Callable[[], T], *, timeout: float = 10.0, period: float =
             if value:
                 return value
             last = None
-        except AssertionError as e:  # noqa: PERF203
-            last = e
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:  # noqa: BLE001 - an AssertionError too: the last one is reported
             last = e
         if time.monotonic() >= deadline:
             label = what or getattr(check, "__name__", "condition")

@@ -14,6 +14,7 @@ from nri_zeropod.cri import CRIClient
 from nri_zeropod.node import node as nodemod
 from nri_zeropod.node import pods
 from nri_zeropod.node.config import NodeConfig
+from tests.helpers import eventually
 
 TEST_ENV = {
     "NRI_ZEROPOD_RUN": "/run/nri-zeropod-test",
@@ -65,6 +66,27 @@ class Node:
         pods.remove_pod(self.cri, self.cfg, name, namespace=namespace, grace=5)
 
 
+def add_container(n: Node, c: pods.ContainerSpec, *, spec: pods.PodSpec, pod: pods.Pod, attempt: int = 0) -> str:
+    """CreateContainer in an existing pod, with the configs kubelet would send (not started).
+
+    ``attempt`` > 0 is a re-creation, as kubelet's after a container ended.
+    """
+    config = pods.container_config(spec, c, uid=pod.uid, image=pods.resolve_image(n.cri, c.image))
+    if attempt:
+        config.metadata.attempt = attempt
+        config.log_path = f"{c.name}/{attempt}.log"
+    return n.cri.create_container(pod.id, config, pods.sandbox_config(n.cfg, spec, pod.uid))
+
+
+def remove_now(n: Node, name: str) -> None:
+    """Remove the pod if it (still) exists; containers are killed at once, not after a grace period."""
+    for sandbox in pods.find(n.cri, name):
+        for c in n.cri.list_containers(pod_id=sandbox.id):
+            n.cri.stop_container(c.id, timeout=0)
+    if pods.find(n.cri, name):
+        n.rm(name)
+
+
 def http_get(host: str, port: int, path: str = "/", *, timeout: float = 5.0) -> tuple[int, bytes]:
     """A minimal HTTP/1.0 GET: (status code, body)."""
     with socket.create_connection((host, port), timeout=timeout) as s:
@@ -81,6 +103,14 @@ def redis(host: str, port: int, *args: str, timeout: float = 15.0) -> object:
     """Send one command with the redis protocol (RESP) and return the decoded reply."""
     with socket.create_connection((host, port), timeout=timeout) as s:
         return redis_on(s, *args)
+
+
+def fill_redis(host: str, mib: int, *, key: str, fill: str) -> None:
+    """SET ``{key}0`` ... ``{key}{mib-1}`` to 1 MiB of ``fill`` each, over one connection."""
+    value = fill * (1 << 20)
+    with socket.create_connection((host, 6379), timeout=30) as s:
+        for i in range(mib):
+            assert redis_on(s, "SET", f"{key}{i}", value) == "OK"
 
 
 def redis_on(s: socket.socket, *args: str) -> object:
@@ -145,6 +175,12 @@ def status_of(n: Node, cid: str) -> dict:
         if c["id"] == cid:
             return c
     raise AssertionError(f"{cid[:12]} is not in the agent's status")
+
+
+def wait_scaled_down(n: Node, cid: str, timeout: float = 15) -> dict:
+    """The container's status row once the agent reports it SCALED_DOWN."""
+    return eventually(lambda: (s := status_of(n, cid))["state"] == "SCALED_DOWN" and s, timeout=timeout,
+                      what="scaled down")
 
 
 def keeper_pid(n: Node, cid: str) -> int:

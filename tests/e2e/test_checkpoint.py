@@ -354,10 +354,7 @@ def test_missed_creation_is_refused_at_start_and_works_when_recreated(node: kit.
             node.cri.start_container(cid)
         assert "created while nri-zeropod was not connected" in str(err.value)
         node.cri.remove_container(cid)
-        sandbox = pods.sandbox_config(node.cfg, spec, pod.uid)
-        config = pods.container_config(spec, spec.containers[0], uid=pod.uid,
-                                        image=pods.resolve_image(node.cri, "busybox"))
-        again = node.cri.create_container(pod.id, config, sandbox)
+        again = kit.add_container(node, spec.containers[0], spec=spec, pod=pod)
         node.cri.start_container(again)
         init = node.cri.exec_sync(again, ["cat", "/proc/1/cmdline"]).stdout.split(b"\0")[0]
         assert init == b"/.zeropod/bin/zeropod-init"

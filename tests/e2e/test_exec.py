@@ -23,16 +23,12 @@ def web(node: kit.Node) -> Iterator[pods.Pod]:
     pods.remove_pod(node.cri, node.cfg, name, grace=1)
 
 
-def scaled_down(node: kit.Node, cid: str) -> dict:
-    return eventually(lambda: (s := kit.status_of(node, cid))["state"] == "SCALED_DOWN" and s, timeout=15)
-
-
 def test_exec_finds_the_app_before_it_does_anything(node: kit.Node, web: pods.Pod) -> None:
     cid = web.containers["web"]
     app = kit.app_of(node, cid)
     assert app is not None
     for _ in range(3):
-        before = scaled_down(node, cid)
+        before = kit.wait_scaled_down(node, cid)
         assert kit.app_of(node, cid) is None
         # The very first thing the command does is look for the app.
         res = node.cri.exec_sync(cid, ["sh", "-c", f"kill -0 {app.ns_pid} && echo present"], timeout=30)
@@ -43,7 +39,7 @@ def test_exec_finds_the_app_before_it_does_anything(node: kit.Node, web: pods.Po
 
 def test_exec_wget_localhost_gets_the_apps_answer(node: kit.Node, web: pods.Pod) -> None:
     cid = web.containers["web"]
-    scaled_down(node, cid)
+    kit.wait_scaled_down(node, cid)
     res = node.cri.exec_sync(cid, ["wget", "-q", "-O", "-", "http://localhost:8080/"], timeout=30)
     assert res.exit_code == 0 and b"hello from nri-zeropod (busybox)" in res.stdout
 
@@ -69,4 +65,4 @@ def test_no_scale_down_while_an_exec_runs(node: kit.Node, web: pods.Pod) -> None
             time.sleep(0.2)
     finally:
         t.join()
-    scaled_down(node, cid)
+    kit.wait_scaled_down(node, cid)

@@ -63,7 +63,7 @@ def agent_pid(node: kit.Node) -> int:
 
 def agent_ready(node: kit.Node) -> bool:
     try:
-        return bool(admin.request(node.cfg.prefix / "agent.sock", {"op": "ping"}, timeout=2).get("synchronized"))
+        return bool(kit.admin(node, "ping", timeout=2).get("synchronized"))
     except admin.AdminError:
         return False
 
@@ -75,13 +75,6 @@ def kill_agent(node: kit.Node) -> None:
 
 def wait_agent_back(node: kit.Node, old: int) -> None:
     eventually(lambda: agent_pid(node) != old and agent_ready(node), timeout=30, what="agent restarted and synced")
-
-
-def fill_redis(ip: str, mib: int) -> None:
-    value = "y" * (1 << 20)
-    with socket.create_connection((ip, 6379), timeout=30) as s:
-        for i in range(mib):
-            assert kit.redis_on(s, "SET", f"fill{i}", value) == "OK"
 
 
 def redis_spec() -> pods.ContainerSpec:
@@ -117,11 +110,7 @@ def test_restore_failure_ends_the_container_cleanly(node: kit.Node, managed) -> 
     # The runtime restarts it (kubelet would create the container again): that works.
     spec = pods.PodSpec(name=pod.name, annotations={**kit.MANAGED}, containers=[
         pods.ContainerSpec(name="web", image="busybox", ports=[8080])])
-    sandbox = pods.sandbox_config(node.cfg, spec, pod.uid)
-    config = pods.container_config(spec, spec.containers[0], uid=pod.uid, image=pods.resolve_image(node.cri, "busybox"))
-    config.metadata.attempt = 1
-    config.log_path = "web/1.log"
-    again = node.cri.create_container(pod.id, config, sandbox)
+    again = kit.add_container(node, spec.containers[0], spec=spec, pod=pod, attempt=1)
     node.cri.start_container(again)
     assert eventually(lambda: kit.http_get(pod.ip, 8080)[0] == 200, timeout=10)
 
@@ -135,7 +124,7 @@ def test_stop_and_remove_at_any_moment(node: kit.Node, managed, phase: str) -> N
     pod = managed(redis_spec())
     cid = pod.containers["redis"]
     eventually(lambda: kit.redis(pod.ip, 6379, "PING") == "PONG", timeout=20)
-    fill_redis(pod.ip, 300)  # big enough for the dump and the restore to take a while
+    kit.fill_redis(pod.ip, 300, key="fill", fill="y")  # big enough for the dump and the restore to take a while
     if phase in ("RESTORING", "SCALED_DOWN"):
         kit.checkpoint(node, cid)
     op = {"CHECKPOINTING": "checkpoint", "RESTORING": "restore"}.get(phase)
@@ -174,7 +163,7 @@ def test_agent_killed_at_random_points(node: kit.Node, managed) -> None:
     pod = managed(redis_spec())
     cid = pod.containers["redis"]
     eventually(lambda: kit.redis(pod.ip, 6379, "PING") == "PONG", timeout=20)
-    fill_redis(pod.ip, 20)
+    kit.fill_redis(pod.ip, 20, key="fill", fill="y")
     refused = cut = 0
     for run in range(50):
         phase = rnd.choice(["idle", "checkpoint", "restore", "proxy"])

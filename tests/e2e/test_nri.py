@@ -44,22 +44,13 @@ LIFECYCLE = [
 # -- helpers ------------------------------------------------------------------
 
 
-def teardown(node: kit.Node, name: str) -> None:
-    """Remove the pod if it (still) exists; containers are killed at once, not after a grace period."""
-    for sandbox in pods.find(node.cri, name):
-        for c in node.cri.list_containers(pod_id=sandbox.id):
-            node.cri.stop_container(c.id, timeout=0)
-    if pods.find(node.cri, name):
-        node.rm(name)
-
-
 @contextmanager
 def pod_removed(node: kit.Node, *names: str) -> Iterator[None]:
     try:
         yield
     finally:
         for name in names:
-            teardown(node, name)
+            kit.remove_now(node, name)
 
 
 def cri_pid(node: kit.Node, container_id: str) -> int:
@@ -75,16 +66,9 @@ def sandbox_pid(node: kit.Node, pod_id: str) -> int:
     return pid
 
 
-def add_container(node: kit.Node, c: pods.ContainerSpec, *, spec: pods.PodSpec, pod: pods.Pod) -> str:
-    """CreateContainer in an existing pod, with the configs kubelet would send (not started)."""
-    image = pods.resolve_image(node.cri, c.image)
-    config = pods.container_config(spec, c, uid=pod.uid, image=image)
-    return node.cri.create_container(pod.id, config, pods.sandbox_config(node.cfg, spec, pod.uid))
-
-
 def timed_add(node: kit.Node, c: pods.ContainerSpec, *, spec: pods.PodSpec, pod: pods.Pod) -> tuple[str, float]:
     t0 = time.monotonic()
-    cid = add_container(node, c, spec=spec, pod=pod)
+    cid = kit.add_container(node, c, spec=spec, pod=pod)
     return cid, time.monotonic() - t0
 
 
@@ -262,7 +246,7 @@ def test_messages_over_4096_bytes_go_both_ways_and_the_plugin_stays(node: kit.No
 
         # The next events still arrive, on the same connection.
         assert plugin.event_names(name) == LIFECYCLE[:5]
-        teardown(node, name)
+        kit.remove_now(node, name)
         eventually(lambda: plugin.event_names(name)[-1] == "remove_pod_sandbox", timeout=10, what="removal events")
         assert plugin.event_names(name) == LIFECYCLE[:5] + ["stop_container", "stop_pod_sandbox", "remove_container", "remove_pod_sandbox"]
         assert t.connected

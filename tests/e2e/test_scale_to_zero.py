@@ -64,11 +64,6 @@ def state(node: kit.Node, cid: str) -> str:
     return str(kit.status_of(node, cid)["state"])
 
 
-def wait_scaled_down(node: kit.Node, cid: str, timeout: float = 15) -> dict:
-    return eventually(lambda: (s := kit.status_of(node, cid))["state"] == "SCALED_DOWN" and s, timeout=timeout,
-                      what="scaled down")
-
-
 @pytest.fixture()
 def sleepy(node: kit.Node) -> Iterator[Callable[..., pods.Pod]]:
     made: list[str] = []
@@ -119,7 +114,7 @@ def test_scales_down_by_itself_and_every_kind_of_client_wakes_it(node: kit.Node,
         ("inside the pod on [::1]", lambda: wget(node, pod, "http://[::1]:8080/")),
     ]
     for what, ask in clients:
-        before = wait_scaled_down(node, cid)
+        before = kit.wait_scaled_down(node, cid)
         assert kit.app_of(node, cid) is None
         assert want in ask(), what
         after = kit.status_of(node, cid)
@@ -129,7 +124,7 @@ def test_scales_down_by_itself_and_every_kind_of_client_wakes_it(node: kit.Node,
 def test_hundred_concurrent_first_connections_all_succeed(node: kit.Node, sleepy) -> None:
     pod = sleepy(busybox())
     cid = pod.containers["web"]
-    before = wait_scaled_down(node, cid)
+    before = kit.wait_scaled_down(node, cid)
     barrier = threading.Barrier(100)
 
     def one(_i: int) -> tuple[int, bytes]:
@@ -146,7 +141,7 @@ def test_long_first_connection_is_not_cut(node: kit.Node, sleepy) -> None:
     pod = sleepy(pods.ContainerSpec(name="echo", image="python", command=["python3", "-c", ECHO], ports=[9000]))
     cid = pod.containers["echo"]
     eventually(lambda: socket.create_connection((pod.ip, 9000), timeout=2).close() or True, timeout=20)
-    wait_scaled_down(node, cid)
+    kit.wait_scaled_down(node, cid)
     with socket.create_connection((pod.ip, 9000), timeout=10) as s:
         f = s.makefile("rb")
         start = time.monotonic()
@@ -194,7 +189,7 @@ def _probe_loops(ip: str, port: int, seconds: float) -> tuple[int, int]:
 def test_probes_neither_wake_nor_keep_awake(node: kit.Node, sleepy) -> None:
     pod = sleepy(busybox())
     cid = pod.containers["web"]
-    before = wait_scaled_down(node, cid)
+    before = kit.wait_scaled_down(node, cid)
     seen: set[str] = set()
     stop = threading.Event()
 
@@ -244,13 +239,13 @@ def test_real_requests_and_silent_connections_keep_it_up(node: kit.Node, sleepy,
         time.sleep(5)
         assert kit.status_of(node, cid)["checkpoints"] == base
         assert "established" in str(kit.status_of(node, cid)["busy"])
-    wait_scaled_down(node, cid)
+    kit.wait_scaled_down(node, cid)
 
 
 def test_connection_while_the_agent_is_down_is_served(node: kit.Node, sleepy) -> None:
     pod = sleepy(busybox())
     cid = pod.containers["web"]
-    wait_scaled_down(node, cid)
+    kit.wait_scaled_down(node, cid)
     # Kill the supervisor first so that it does not bring the agent back on its own.
     for name in ("agent-supervisor", "agent"):
         pid = int((node.cfg.pids / f"{name}.pid").read_text().split()[0])
@@ -282,7 +277,7 @@ def test_after_a_wake_new_connections_go_straight_to_the_app(node: kit.Node, sle
 def test_ports_map_port_the_app_does_not_listen_on(node: kit.Node, sleepy) -> None:
     pod = sleepy(busybox(), annotations={"nri-zeropod.dev/ports-map": "web=8080,9999"})
     cid = pod.containers["web"]
-    st = wait_scaled_down(node, cid)
+    st = kit.wait_scaled_down(node, cid)
     assert st["ports"] == [8080], "only ports the app listens on are steered"
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection((pod.ip, 9999), timeout=5)
@@ -303,8 +298,8 @@ def test_app_without_a_port_is_never_scaled_down(node: kit.Node, sleepy) -> None
 def test_several_managed_containers_sleep_and_wake_on_their_own(node: kit.Node, sleepy) -> None:
     pod = sleepy(busybox("a"), pods.ContainerSpec(name="b", image="python", command=["python3", "-c", ECHO], ports=[9000]))
     a, b = pod.containers["a"], pod.containers["b"]
-    wait_scaled_down(node, a)
-    wait_scaled_down(node, b)
+    kit.wait_scaled_down(node, a)
+    kit.wait_scaled_down(node, b)
     assert kit.http_get(pod.ip, 8080)[0] == 200
     assert state(node, a) == "RUNNING" and state(node, b) == "SCALED_DOWN"
     with socket.create_connection((pod.ip, 9000), timeout=10) as s:
@@ -318,7 +313,7 @@ def test_single_family_apps(node: kit.Node, sleepy, family: str, ok: str, refuse
     spec = pods.ContainerSpec(name="one", image="python", command=["python3", "-c", ONE_FAMILY, family], ports=[8080])
     pod = sleepy(spec)
     cid = pod.containers["one"]
-    wait_scaled_down(node, cid, timeout=30)
+    kit.wait_scaled_down(node, cid, timeout=30)
     # The family the app does not serve is refused, as it would be without nri-zeropod...
     res = node.cri.exec_sync(cid, ["wget", "-q", "-T", "5", "-O", "-", f"http://{refused}:8080/"], timeout=30)
     assert res.exit_code != 0
@@ -327,6 +322,6 @@ def test_single_family_apps(node: kit.Node, sleepy, family: str, ok: str, refuse
     assert st["state"] == "RUNNING"
     res = node.cri.exec_sync(cid, ["wget", "-q", "-T", "5", "-O", "-", f"http://{ok}:8080/"], timeout=30)
     assert res.exit_code == 0
-    wait_scaled_down(node, cid, timeout=30)
+    kit.wait_scaled_down(node, cid, timeout=30)
     res = node.cri.exec_sync(cid, ["wget", "-q", "-T", "10", "-O", "-", f"http://{ok}:8080/"], timeout=30)
     assert res.exit_code == 0, res.stderr

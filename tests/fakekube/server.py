@@ -148,9 +148,6 @@ class FakeKube:
         obj = {"metadata": {"name": name, "namespace": namespace, **extra.pop("metadata", {})}, "spec": spec, **extra}
         return self._ok(self._request("POST", f"/api/v1/namespaces/{namespace}/pods", obj))
 
-    def delete_pod(self, namespace: str, name: str) -> None:
-        self._ok(self._request("DELETE", f"/api/v1/namespaces/{namespace}/pods/{name}", None))
-
     def pod(self, namespace: str, name: str) -> dict[str, Any] | None:
         return self.call(lambda: self.store.get("pods", namespace, name))
 

@@ -40,7 +40,6 @@ import contextlib
 import errno
 import logging
 import os
-import struct
 import sys
 import tempfile
 import time
@@ -59,11 +58,9 @@ from nri_zeropod.agent.settings import AgentSettings
 from nri_zeropod.nri import ConnectionLost, api
 from nri_zeropod.nri.errors import ProtocolError
 from nri_zeropod.nri.proto import ttrpc_pb2
-from tests.unit.nri.fake_runtime import PLUGIN, FakeRuntime, FakeRuntimeServer, PluginCall, Reply
+from tests.unit.nri.fake_runtime import MUX, PLUGIN, TTRPC, FakeRuntime, FakeRuntimeServer, Reply
 from tests.unit.nri.harness import Env
 
-MUX = struct.Struct(">II")
-TTRPC = struct.Struct(">IIBB")
 TTRPC_MAX = 4 << 20  # ttrpc data limit
 MUX_MAX = TTRPC.size + TTRPC_MAX  # a mux frame announcing more breaks the trunk
 U32 = 2**32 - 1
@@ -287,29 +284,11 @@ class FuzzRuntime(FakeRuntime):
 
     replies: dict[int, list[Reply]]
 
-    def _parse(self, conn: int) -> None:
-        if not hasattr(self, "replies"):
-            self.replies = {}
-        buf = self._buffers[conn]
-        while len(buf) >= TTRPC.size:
-            length, sid, mtype, _flags = TTRPC.unpack_from(buf)
-            if len(buf) < TTRPC.size + length:
-                return
-            data = bytes(buf[TTRPC.size : TTRPC.size + length])
-            del buf[: TTRPC.size + length]
-            if conn == 1 and mtype == 2:
-                r = ttrpc_pb2.Response.FromString(data)
-                reply = Reply(r.status.code, r.status.message, r.payload)
-                self.replies.setdefault(sid, []).append(reply)
-                future = self._pending.pop(sid, None)
-                if future is not None and not future.done():
-                    future.set_result(reply)
-            elif conn == 2 and mtype == 1:  # RegisterPlugin (the agent makes no other call)
-                call = ttrpc_pb2.Request.FromString(data)
-                self.received.append(f"call {call.method}")
-                self.calls.put_nowait(PluginCall(sid, call.service, call.method, call.payload))
-            else:
-                self.violations.append(f"conn {conn}: unexpected message type {mtype}")
+    def _on_reply(self, sid: int, reply: Reply) -> None:
+        self.replies.setdefault(sid, []).append(reply)
+        future = self._pending.pop(sid, None)
+        if future is not None and not future.done():
+            future.set_result(reply)
 
 
 class FuzzServer(FakeRuntimeServer):
@@ -380,7 +359,7 @@ def probe_request() -> Any:
     return api.CreateContainerRequest(pod=pod, container=ctr)
 
 
-async def _session(case: Case, tmp: Path, out: Outcome, tasks: list[asyncio.Task[Any]]) -> None:
+async def _session(case: Case, tmp: Path, out: Outcome) -> None:
     fail = out.failures.append
     agent = Agent(agent_settings(tmp))
     agent.store.ensure()
@@ -506,7 +485,7 @@ def drive(case: Case) -> Outcome:
                 loop = runner.get_loop()
                 loop.set_exception_handler(on_error)
                 loop.set_task_factory(factory)
-                runner.run(_session(case, tmp, out, tasks))
+                runner.run(_session(case, tmp, out))
                 for t in tasks:  # an exception nobody retrieved, reported now rather than at GC
                     if t.done() and not t.cancelled() and getattr(t, "_log_traceback", False):
                         loop_errors.append(f"task {t.get_name()} exception never retrieved: {t.exception()!r}")
@@ -973,9 +952,9 @@ def test_remove_pod_sandbox_with_a_pod_id_outside_the_pin_root(findings: Finding
     ``AgentPlugin.remove_pod_sandbox`` checks ``(bpf_pins / pod.id).exists()`` and then
     ``Scalers.pod_removed(pod.id)`` -> ``PodSteering.remove`` -> ``Steering.remove(pin_root / pod_id)``
     -> ``pins.unpin``, which unlinks ``link``, ``steer_ports``, ``activator_socks``, ``activity``,
-    ``node_addrs``, ``bypass`` in that directory and removes it if empty. ``pins.pod_pin_dir`` rejects
-    such ids, this path does not. With ``../victim`` the agent deletes files next to the pin root; with an
-    absolute id (``/``, ``/etc``) anywhere on the host (as root). Left failing on purpose.
+    ``node_addrs``, ``bypass`` in that directory and removes it if empty. With ``../victim`` the agent
+    deleted files next to the pin root; with an absolute id (``/``, ``/etc``) anywhere on the host (as
+    root). Fixed: ``PodSteering.get`` and ``remove`` take only ids ``store.safe_id`` accepts.
     """
     left: dict[str, Any] = {}
 

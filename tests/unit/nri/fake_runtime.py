@@ -94,15 +94,17 @@ class FakeRuntime:
             del buf[: TTRPC.size + length]
             if conn == 1 and mtype == 2:
                 response = ttrpc_pb2.Response.FromString(data)
-                self.received.append(f"reply {sid}")
-                future = self._pending.pop(sid)
-                future.set_result(Reply(response.status.code, response.status.message, response.payload))
+                self._on_reply(sid, Reply(response.status.code, response.status.message, response.payload))
             elif conn == 2 and mtype == 1:
                 request = ttrpc_pb2.Request.FromString(data)
                 self.received.append(f"call {request.method}")
                 self.calls.put_nowait(PluginCall(sid, request.service, request.method, request.payload))
             else:
                 self.violations.append(f"conn {conn}: unexpected message type {mtype}")
+
+    def _on_reply(self, sid: int, reply: Reply) -> None:
+        self.received.append(f"reply {sid}")
+        self._pending.pop(sid).set_result(reply)
 
     # -- writing ---------------------------------------------------------------
 
