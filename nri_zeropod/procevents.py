@@ -408,21 +408,35 @@ def in_tree_of(
 ) -> bool:
     """Whether ``pid`` is one of ``roots`` or descends from one.
 
-    ``parent`` saves the first /proc read (a FORK event carries it, and it
-    cannot have been re-parented yet). A chain broken by an exited ancestor
-    counts as not in the tree.
+    ``parent`` (a FORK event's parent) is tried first and saves a /proc read.
+    By the time the event is read, that parent may be gone; its children
+    were then re-parented (to a subreaper or their pid namespace's init) and
+    the walk starts again from ``pid``'s present parent. That is how a
+    process CRIU restored is seen: CRIU forks it and exits, and the keeper
+    (a root) inherits it. A chain broken again counts as not in the tree.
     """
     if not roots:
         return False
+    if pid in roots:
+        return True
+    if parent is not None:
+        found = _walk_up(parent, roots, cache)
+        if found is not None:
+            return found
+    return _walk_up(pid, roots, cache) is True
+
+
+def _walk_up(pid: int, roots: Collection[int], cache: dict[int, int | None] | None) -> bool | None:
+    """True at a root, False at the top (or too deep), None where an ancestor vanished."""
     cur: int | None = pid
     for _ in range(_MAX_DEPTH):
-        if cur is None or cur <= 0:
+        if cur is None:
+            return None
+        if cur <= 0:
             return False
         if cur in roots:
             return True
-        if parent is not None:
-            cur, parent = parent, None
-        elif cache is not None:
+        if cache is not None:
             if cur not in cache:
                 cache[cur] = parent_of(cur)
             cur = cache[cur]

@@ -246,6 +246,10 @@ def test_cycles_keep_state_pid_and_logs(node: kit.Node, managed, workload: Workl
     s = kit.status_of(node, cid)
     assert s["checkpoints"] == CYCLES and s["restores"] == CYCLES
     assert s["state"] == "RUNNING"
+    # Nobody exec'd into it: the restored app (CRIU forks it, then exits) is never taken for an exec.
+    me = f'"{pod.namespace}/{pod.name}"'
+    execs = [line for line in kit.agent_log(node).splitlines() if "exec into" in line and me in line]
+    assert execs == []
 
 
 def test_app_exit_ends_the_container_with_its_code(node: kit.Node, managed) -> None:

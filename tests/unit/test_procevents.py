@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 import struct
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -190,6 +192,49 @@ def test_in_tree_of_walks_parents() -> None:
     assert not pe.in_tree_of(50, (), cache=dict(parents))
     # A FORK event's parent is used for the first step, whatever the map says.
     assert pe.in_tree_of(99, {30}, parent=40, cache=dict(parents))
+
+
+def test_in_tree_of_falls_back_to_the_present_parent_when_the_events_parent_is_gone() -> None:
+    # 40 forked 99 and exited before the event was read; 99 now belongs to 30.
+    parents: dict[int, int | None] = {99: 30, 40: None, 30: 1, 1: 0, 98: 1}
+    assert pe.in_tree_of(99, {30}, parent=40, cache=dict(parents))
+    assert not pe.in_tree_of(98, {30}, parent=40, cache=dict(parents))  # inherited by someone else
+    assert not pe.in_tree_of(97, {30}, parent=40, cache=dict(parents))  # itself gone too
+    # A parent that is alive decides alone, even if the process moved since.
+    assert not pe.in_tree_of(99, {30}, parent=1, cache=dict(parents))
+
+
+# A subreaper forks a middle process that forks a sleeper and exits at once,
+# like CRIU restoring an app under the keeper. Prints: middle sleeper.
+ORPHAN = r"""
+import ctypes, os, sys, time
+ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+r, w = os.pipe()
+middle = os.fork()
+if middle == 0:
+    sleeper = os.fork()
+    if sleeper == 0:
+        time.sleep(60)
+        os._exit(0)
+    os.write(w, b"%d" % sleeper)
+    os._exit(0)
+os.waitpid(middle, 0)
+print(middle, os.read(r, 32).decode(), flush=True)
+sys.stdin.read()
+"""
+
+
+def test_in_tree_of_sees_a_real_orphan_inherited_by_a_root() -> None:
+    p = subprocess.Popen([sys.executable, "-c", ORPHAN], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert p.stdout is not None
+    middle, sleeper = map(int, p.stdout.readline().split())
+    try:
+        assert pe.parent_of(middle) is None and pe.parent_of(sleeper) == p.pid
+        assert pe.in_tree_of(sleeper, {p.pid}, parent=middle)
+        assert not pe.in_tree_of(sleeper, {p.pid + 10**7}, parent=middle)
+    finally:
+        os.kill(sleeper, signal.SIGKILL)
+        p.communicate("")
 
 
 def test_in_tree_of_gives_up_on_a_loop() -> None:
