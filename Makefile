@@ -15,7 +15,7 @@ setup:
 include init/init.mk
 include bpf/bpf.mk
 
-build: $(BUILD)/zeropod-init $(BUILD)/zeropod-criu $(BUILD)/steer.bpf.o
+build: $(BUILD)/zeropod-init $(BUILD)/zeropod-criu $(BUILD)/libzeropod-rlimits.so $(BUILD)/steer.bpf.o
 
 demo: setup
 	$(VENV)/bin/nri-zeropod demo

@@ -117,7 +117,8 @@ debs_key() {
 tb_criu() {
     local tb=$1
     shift
-    "$tb/lib/ld-linux-x86-64.so.2" --library-path "$tb/lib" "$tb/bin/criu" "$@"
+    "$tb/lib/ld-linux-x86-64.so.2" --library-path "$tb/lib" --preload "$tb/lib/libzeropod-rlimits.so" \
+        "$tb/bin/criu" "$@"
 }
 
 host_root() {
@@ -150,7 +151,8 @@ toolbox() {
     local files=() p
     for p in $pkgs; do files+=("$(deb_file "$p")"); done
     local key
-    key="$(debs_key "${files[@]}") $(cat "$REPO/build/zeropod-init" "$REPO/build/zeropod-criu" | sha256sum | cut -c1-16)"
+    key="$(debs_key "${files[@]}") $(cat "$REPO/build/zeropod-init" "$REPO/build/zeropod-criu" \
+        "$REPO/build/libzeropod-rlimits.so" | sha256sum | cut -c1-16)"
     stamp_ok toolbox "$key" && [ -x "$OPT/toolbox/bin/criu" ] && return 0
     log "assembling the CRIU toolbox in $OPT/toolbox"
     local tmp=$OPT/toolbox.tmp new=$OPT/toolbox.new
@@ -165,6 +167,7 @@ toolbox() {
     done
     [ -e "$new/lib/ld-linux-x86-64.so.2" ] || die "toolbox: no ld-linux-x86-64.so.2 in the unpacked libc6"
     cp "$REPO/build/zeropod-init" "$REPO/build/zeropod-criu" "$new/bin/"
+    cp "$REPO/build/libzeropod-rlimits.so" "$new/lib/"
     tb_criu "$new" --version | head -n 1 >"$new/VERSION"
     rm -rf "$tmp" "$OPT/toolbox" && mv "$new" "$OPT/toolbox"
     stamp_set toolbox "$key"

@@ -11,8 +11,17 @@ $(BUILD)/zeropod-init $(BUILD)/zeropod-criu: $(BUILD)/%: init/%.c init/init.mk
 	strip $@.tmp
 	mv -f $@.tmp $@
 
+# CRIU's prlimit64 shim (init/zeropod-rlimits.c), preloaded into the toolbox's CRIU by its
+# ld.so: a shared object for glibc, hence the system's gcc whatever INIT_CC is.
+$(BUILD)/libzeropod-rlimits.so: init/zeropod-rlimits.c init/init.mk
+	@mkdir -p $(BUILD)
+	gcc -Wall -Wextra -O2 -shared -fPIC -o $@.tmp $<
+	strip $@.tmp
+	mv -f $@.tmp $@
+
 # `make build/zeropod-init` names the same file by a relative path.
 ifneq ($(BUILD)/zeropod-init,build/zeropod-init)
 build/zeropod-init: $(BUILD)/zeropod-init
 build/zeropod-criu: $(BUILD)/zeropod-criu
+build/libzeropod-rlimits.so: $(BUILD)/libzeropod-rlimits.so
 endif

@@ -6,7 +6,8 @@
 # libraries it links, glibc and its ld.so included, flattened into OUT/lib
 # and run as `OUT/lib/ld-linux-x86-64.so.2 --library-path OUT/lib OUT/bin/criu`,
 # so it works inside any container whatever its libc; the static keeper and
-# helper from BUILD (`make build`); an empty OUT/state, the mount point of a
+# helper from BUILD (`make build`) and the prlimit64 shim preloaded into CRIU
+# (init/zeropod-rlimits.c); an empty OUT/state, the mount point of a
 # container's state directory under /.zeropod.
 #
 # Needs Debian sid in apt's sources (the Dockerfile adds it at priority 100,
@@ -44,6 +45,7 @@ for so in "$work"/root/lib/x86_64-linux-gnu/*.so* "$work"/root/usr/lib/x86_64-li
 done
 [ -e "$OUT/lib/ld-linux-x86-64.so.2" ] || die "no ld-linux-x86-64.so.2 in the unpacked libc6"
 cp "$BUILD/zeropod-init" "$BUILD/zeropod-criu" "$OUT/bin/"
+cp "$BUILD/libzeropod-rlimits.so" "$OUT/lib/"
 
 "$OUT/lib/ld-linux-x86-64.so.2" --library-path "$OUT/lib" "$OUT/bin/criu" --version | head -n 1 >"$OUT/VERSION"
 case $(sed -n 's/^Version: *//p' "$OUT/VERSION") in

@@ -39,6 +39,7 @@ from nri_zeropod import pidfd, ports, procevents
 from nri_zeropod.proc import CommandError, arun
 
 # Options for both directions; each was needed on the reference machine (DESIGN.md §3).
+RLIMITS_SHIM = "libzeropod-rlimits.so"  # init/zeropod-rlimits.c
 COMMON = ("--tcp-established", "--file-locks", "--manage-cgroups=ignore")
 
 
@@ -60,7 +61,9 @@ class CriuSettings:
 
     def criu(self) -> list[str]:
         tb = self.toolbox_mount
-        return [f"{tb}/lib/ld-linux-x86-64.so.2", "--library-path", f"{tb}/lib", f"{tb}/bin/criu"]
+        # The shim answers CRIU's reads of a non-root app's rlimits where CAP_SYS_RESOURCE is missing.
+        return [f"{tb}/lib/ld-linux-x86-64.so.2", "--library-path", f"{tb}/lib",
+                "--preload", f"{tb}/lib/{RLIMITS_SHIM}", f"{tb}/bin/criu"]
 
     def helper(self, keeper_pid: int) -> str:
         """The helper from the toolbox this container has mounted (an upgrade may have replaced the host's)."""

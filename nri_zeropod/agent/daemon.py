@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from nri_zeropod.agent import admin
+from nri_zeropod.agent.criu import RLIMITS_SHIM
 from nri_zeropod.agent.execwake import ExecWaker
 from nri_zeropod.agent.kubelink import KubeLink
 from nri_zeropod.agent.manager import Manager
@@ -64,6 +65,9 @@ class Agent:
         problem = check_toolbox(settings.toolbox)
         if problem:
             log.error(f"containers will run unmanaged: {problem}")
+        elif not (settings.toolbox / "lib" / RLIMITS_SHIM).exists():
+            log.warning(f"the toolbox at {settings.toolbox} predates lib/{RLIMITS_SHIM}: apps running as "
+                        "another user than root cannot be checkpointed where the agent lacks CAP_SYS_RESOURCE")
         self.scalers = Scalers(
             manager=self.manager, steering=PodSteering(pin_root=settings.bpf_pins, obj_path=settings.bpf_object)
         )

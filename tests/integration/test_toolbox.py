@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from nri_zeropod import paths
+from nri_zeropod.agent.criu import RLIMITS_SHIM, CriuSettings
 from nri_zeropod.proc import run
 from tests.helpers import need, need_root
 
@@ -30,12 +31,14 @@ def toolbox() -> Path:
 
 
 def _criu(tb: str) -> list[str]:
-    return [f"{tb}/{LD}", "--library-path", f"{tb}/lib", f"{tb}/bin/criu"]
+    """CRIU as the agent runs it (its ld.so, its libraries, the rlimits shim preloaded)."""
+    return CriuSettings(toolbox_mount=tb).criu()
 
 
 def test_toolbox_layout_and_version(toolbox: Path) -> None:
     assert (toolbox / "bin/zeropod-init").exists(), "the keeper belongs in the toolbox"
     assert (toolbox / "state").is_dir(), "the state mountpoint must exist in the read-only toolbox"
+    assert (toolbox / "lib" / RLIMITS_SHIM).is_file(), "CRIU's rlimits shim belongs in the toolbox"
     out = run([*_criu(str(toolbox)), "--version"], timeout=10).stdout
     version = out.split("Version:")[1].split()[0]
     major, minor = (int(x) for x in version.split(".")[:2])
@@ -45,6 +48,7 @@ def test_toolbox_layout_and_version(toolbox: Path) -> None:
 def test_criu_check_on_host(toolbox: Path) -> None:
     res = run([*_criu(str(toolbox)), "check"], timeout=60)
     assert "Looks good" in res.stdout + res.stderr
+    assert "cannot be preloaded" not in res.stderr
 
 
 def test_criu_check_from_readonly_mount_in_foreign_root(toolbox: Path, tmp_path: Path) -> None:
@@ -74,3 +78,4 @@ exec {criu} check
     res = run(["unshare", "--mount", "--pid", "--fork", "--propagation", "private", "sh", "-c", script], timeout=60)
     assert "READONLY" in res.stdout, "the toolbox must be mounted read-only"
     assert "Looks good" in res.stdout + res.stderr, res.stderr
+    assert "cannot be preloaded" not in res.stderr, "the shim is found at its path inside the container"

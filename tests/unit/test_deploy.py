@@ -498,7 +498,7 @@ def test_the_image_toolbox_is_assembled_like_setup_sh() -> None:
     theirs = (REPO / "hack/setup.sh").read_text()
     assert _resolve_criu_packages(ours) == _resolve_criu_packages(theirs)
     for step in ('"$OUT/lib/ld-linux-x86-64.so.2" --library-path "$OUT/lib" "$OUT/bin/criu" --version',
-                 "x86_64-linux-gnu/*.so*", "zeropod-init", "zeropod-criu", "state"):
+                 "x86_64-linux-gnu/*.so*", "zeropod-init", "zeropod-criu", "libzeropod-rlimits.so", "state"):
         assert step in ours
 
 
