@@ -38,9 +38,9 @@ nogroup:x:65534:
 """
 INDEX_HTML = "<!doctype html><title>nri-zeropod</title><p>hello from nri-zeropod ({app})</p>\n"
 
-# Workers run as root: on hosts where the agent lacks CAP_SYS_RESOURCE (such as
-# the machines the tests run on) CRIU cannot read another user's rlimits.
-NGINX_CONF = """user root;
+# As Debian ships it: a root master with its workers running as www-data, so
+# that a checkpoint covers a process tree of two users.
+NGINX_CONF = """user www-data;
 worker_processes 2;
 daemon off;
 error_log stderr notice;

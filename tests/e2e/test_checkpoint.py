@@ -1,8 +1,8 @@
 """Checkpoint and restore of a container's app in place, in the style of CRIU's zdtm.
 
-For each workload: record the visible state, checkpoint, check the container
-is still RUNNING for CRI with the same started_at and that the app and its
-memory are gone, restore, check the same pid inside the container, the same
+For each workload (one of them running as nobody): record the visible state,
+checkpoint, check the container is still RUNNING for CRI with the same
+started_at and that the app and its memory are gone, restore, check the same pid inside the container, the same
 state, and that the app's new output reaches the CRI log; twenty times.
 """
 
@@ -72,6 +72,42 @@ while True:
                           "child_count": child_count[0], "pid": os.getpid()}).encode())
     c.close()
 """
+
+
+# An app running as nobody, as most production images do: it counts the
+# requests it answered, so every answer shows that its memory came back.
+NOBODY = r"""
+import os, socket
+os.setgroups([]); os.setgid(65534); os.setuid(65534)
+s = socket.socket(socket.AF_INET6)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+s.bind(("::", 9000))
+s.listen(64)
+n = 0
+while True:
+    c, _ = s.accept()
+    n += 1
+    c.sendall(b"%d %d %d" % (os.getuid(), os.getgid(), n))
+    c.close()
+"""
+
+
+def _nobody_prepare(pod: pods.Pod) -> Callable[[int], None]:
+    def ask() -> list[int]:
+        with socket.create_connection((pod.ip, 9000), timeout=5) as s:
+            return [int(x) for x in s.recv(100).split()]
+
+    first = eventually(ask, timeout=20, what="the app serves")
+    assert first[:2] == [65534, 65534]
+    seen = [first[2]]
+
+    def check(_cycle: int) -> None:
+        now = ask()
+        assert now == [65534, 65534, seen[0] + 1], "still nobody, and the count went on"
+        seen[0] = now[2]
+
+    return check
 
 
 def _multi_state(ip: str) -> dict:
@@ -153,10 +189,23 @@ WORKLOADS = [
         lambda pod: kit.http_get(pod.ip, 8080, f"/?cycle={time.monotonic_ns()}"),
         lambda _n: '"GET /?cycle=',
     ),
+    Workload(  # a root master and two workers running as www-data
+        "nginx",
+        lambda n: pods.ContainerSpec(name=n, image="nginx", ports=[8080]),
+        _http_check(8080, b"hello from nri-zeropod (nginx)"),
+        lambda pod: kit.http_get(pod.ip, 8080, f"/?cycle={time.monotonic_ns()}"),
+        lambda _n: '"GET /?cycle=',
+    ),
     Workload(
         "redis",
         lambda n: pods.ContainerSpec(name=n, image="redis", ports=[6379]),
         _redis_prepare,
+        lambda pod: None,
+    ),
+    Workload(
+        "nobody",
+        lambda n: pods.ContainerSpec(name=n, image="python", command=["python3", "-c", NOBODY], ports=[9000]),
+        _nobody_prepare,
         lambda pod: None,
     ),
     Workload(
