@@ -547,6 +547,10 @@ class ExecWatch:
         callback = self.watched.get(ns)
         if callback is None or in_tree_of(pid, self.exclude, parent=parent):
             return
+        # Gone before the walk ended (so its ancestry could not be read): a
+        # process that has ended needs no stopping, and nobody waits on it.
+        if parent_of(pid) is None:
+            return
         self._report(pid, callback)
 
     def _rescan(self) -> None:

@@ -108,14 +108,23 @@ class ExecWaker:
         # Runs inside the event callback: stop it first, think later.
         procevents.stop_process(pid)
         self.stopped.setdefault(rec.id, []).append(pid)
-        log.info("exec into a scaled-down container: restoring the app first", extra={**fields(rec), "pid": pid})
+        log.info("exec into a scaled-down container: restoring the app first",
+                 extra={**fields(rec), "pid": pid, "command": _comm(pid), "parent": procevents.parent_of(pid)})
         if rec.id not in self.waking:
             task = asyncio.get_running_loop().create_task(self._wake(rec))
             self.waking[rec.id] = task
 
     async def _wake(self, rec: Record) -> None:
         try:
-            await self.manager.ensure_running(rec.id)
+            # Asked once the container's lock is held (a checkpoint may have been
+            # waited out): an exec that has ended meanwhile needs no app.
+            def wanted() -> bool:
+                if any(_alive(pid) for pid in self.stopped.get(rec.id, [])):
+                    return True
+                log.info("the exec ended before the app was restored; not restoring", extra=fields(rec))
+                return False
+
+            await self.manager.ensure_running(rec.id, still_wanted=wanted)
         except AgentError as e:
             if self.manager.get(rec.id) is not None:  # else the container went away meanwhile
                 log.error("cannot restore for an exec", extra={**fields(rec), "error": str(e)})
@@ -125,3 +134,18 @@ class ExecWaker:
             for pid in self.stopped.pop(rec.id, []):
                 procevents.continue_process(pid)
             self.unwatch_container(rec)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return procevents.stat_fields(pid)[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _comm(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return "?"

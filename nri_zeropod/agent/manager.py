@@ -190,11 +190,17 @@ class Manager:
         async with self.lock(cid):
             return await self._checkpoint_locked(rec, automatic=automatic)
 
-    async def ensure_running(self, cid: str) -> Record:
-        """Restore if scaled down (once: later callers find it running); wait out a checkpoint first."""
+    async def ensure_running(self, cid: str, *, still_wanted: Callable[[], bool] | None = None) -> Record:
+        """Restore if scaled down (once: later callers find it running); wait out a checkpoint first.
+
+        ``still_wanted``, asked with the lock held, can call the restore off
+        (the record is then returned still scaled down).
+        """
         rec = self._must(cid)
         async with self.lock(cid):
             if rec.state == State.SCALED_DOWN:
+                if still_wanted is not None and not still_wanted():
+                    return rec
                 return await self._restore_locked(rec)
             if rec.state != State.RUNNING:
                 raise AgentError(f"{label(rec)} is {rec.state.value}")

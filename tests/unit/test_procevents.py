@@ -325,6 +325,25 @@ def test_watch_ignores_threads_other_namespaces_and_excluded_trees(child: int) -
     assert seen == [child]
 
 
+def test_watch_skips_a_process_that_ends_while_its_ancestry_is_read(
+    child: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Alive when its namespace was read, gone before its parents were: nothing
+    # to stop, so nothing to report (it used to count as outside every tree).
+    ns = pe.pid_ns_of(child)
+    assert ns is not None
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    monkeypatch.setattr(pe, "pid_ns_of", lambda pid: ns)
+    events = pe.ProcEvents()
+    seen: list[int] = []
+    pe.ExecWatch(events, {ns: seen.append}, exclude={ME})
+    events.feed(fork(gone.pid + 10**6, gone.pid))  # its parent is gone too
+    assert seen == []
+    events.feed(fork(1, child))  # a live one outside the excluded trees still counts
+    assert seen == [child]
+
+
 def test_watch_runs_awaitable_callbacks_as_tasks_and_logs_failures(child: int, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.ERROR)
     ns = pe.pid_ns_of(child)

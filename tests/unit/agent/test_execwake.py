@@ -5,6 +5,7 @@ No process-events socket here: only the bookkeeping of watched namespaces is und
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -68,3 +69,35 @@ def test_unwatch_is_by_container_and_leaves_the_others() -> None:
         assert list(w.watched) == [procevents.pid_ns_of(b)]
         w.unwatch_container(ra)  # twice is harmless
         assert list(w.watched) == [procevents.pid_ns_of(b)]
+
+
+class FakeManager:
+    """Records what ensure_running's caller still wanted once it held the lock."""
+
+    def __init__(self) -> None:
+        self.hooks = Hooks()
+        self.asked: list[bool] = []
+
+    async def ensure_running(self, cid: str, *, still_wanted=None) -> None:
+        self.asked.append(still_wanted() if still_wanted is not None else True)
+
+    def get(self, cid: str) -> None:
+        return None
+
+
+def test_an_exec_that_ended_before_the_lock_was_had_does_not_restore() -> None:
+    m = FakeManager()
+    w = ExecWaker(m)  # type: ignore[arg-type]
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    live = subprocess.Popen(["sleep", "60"])
+    try:
+        rec = record(live.pid)
+        w.stopped[rec.id] = [gone.pid]
+        asyncio.run(w._wake(rec))
+        w.stopped[rec.id] = [gone.pid, live.pid]
+        asyncio.run(w._wake(rec))
+        assert m.asked == [False, True]
+    finally:
+        live.kill()
+        live.wait()
