@@ -133,7 +133,8 @@ class ExecWaker:
             # On success the restore hook let them go already; on failure they go anyway.
             for pid in self.stopped.pop(rec.id, []):
                 procevents.continue_process(pid)
-            self.unwatch_container(rec)
+            if rec.state != State.SCALED_DOWN:  # still asleep (nothing left to wake for): keep watching
+                self.unwatch_container(rec)
 
 
 def _alive(pid: int) -> bool:

@@ -16,6 +16,7 @@ from tests.helpers import eventually
 
 from nri_zeropod import procevents
 from nri_zeropod.agent.execwake import ExecWaker
+from nri_zeropod.agent.lifecycle import State
 from nri_zeropod.agent.manager import Hooks
 from nri_zeropod.agent.store import Record
 
@@ -92,12 +93,21 @@ def test_an_exec_that_ended_before_the_lock_was_had_does_not_restore() -> None:
     gone.wait()
     live = subprocess.Popen(["sleep", "60"])
     try:
-        rec = record(live.pid)
-        w.stopped[rec.id] = [gone.pid]
-        asyncio.run(w._wake(rec))
-        w.stopped[rec.id] = [gone.pid, live.pid]
-        asyncio.run(w._wake(rec))
-        assert m.asked == [False, True]
+        with keeper() as pid:
+            rec = record(pid)
+            rec.state = State.SCALED_DOWN
+            w.watch_container(rec)
+            w.stopped[rec.id] = [gone.pid]
+            asyncio.run(w._wake(rec))
+            assert m.asked == [False]
+            assert procevents.pid_ns_of(pid) in w.watched, "still scaled down: the next exec must be seen"
+            w.stopped[rec.id] = [gone.pid, live.pid]
+            asyncio.run(w._wake(rec))
+            assert m.asked == [False, True]
+            rec.state = State.RUNNING  # what the restore would have done
+            w.stopped[rec.id] = [live.pid]
+            asyncio.run(w._wake(rec))
+            assert w.watched == {}
     finally:
         live.kill()
         live.wait()
