@@ -5,9 +5,10 @@
  *
  * CRIU reads each rlimit of a process it dumps with the prlimit64 system call
  * (through glibc's syscall(); its own limits through prlimit64()), the target
- * pid, and no new limit. The kernel allows that only to a caller with the target's uids and
- * gids, or with CAP_SYS_RESOURCE; some hosts drop CAP_SYS_RESOURCE even for
- * root, and then no app running as a non-root user could be checkpointed.
+ * pid, and no new limit. The kernel allows that only to a caller with the
+ * target's uids and gids, or with CAP_SYS_RESOURCE; some hosts drop
+ * CAP_SYS_RESOURCE even for root, and then no app running as a non-root user
+ * could be checkpointed.
  * The same values are in /proc/PID/limits, which anyone may read. This
  * library is preloaded into CRIU only (ld.so --preload, never through the
  * environment) and changes one case: a read-only query refused with EPERM is

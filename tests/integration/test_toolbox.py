@@ -19,8 +19,6 @@ from nri_zeropod.agent.criu import RLIMITS_SHIM, CriuSettings
 from nri_zeropod.proc import run
 from tests.helpers import need, need_root
 
-LD = "lib/ld-linux-x86-64.so.2"
-
 
 @pytest.fixture(scope="module")
 def toolbox() -> Path:
