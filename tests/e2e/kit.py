@@ -10,7 +10,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from nri_zeropod.cri import CRIClient
+from nri_zeropod.cri import CRIClient, pb
 from nri_zeropod.node import node as nodemod
 from nri_zeropod.node import pods
 from nri_zeropod.node.config import NodeConfig
@@ -181,6 +181,12 @@ def wait_scaled_down(n: Node, cid: str, timeout: float = 15) -> dict:
     """The container's status row once the agent reports it SCALED_DOWN."""
     return eventually(lambda: (s := status_of(n, cid))["state"] == "SCALED_DOWN" and s, timeout=timeout,
                       what="scaled down")
+
+
+def wait_exited(n: Node, cid: str, *, timeout: float = 10, what: str = "container exits"):
+    """The container's CRI status once it is EXITED."""
+    return eventually(lambda: (s := n.cri.container_status(cid).status).state == pb.CONTAINER_EXITED and s,
+                      timeout=timeout, what=what)
 
 
 def keeper_pid(n: Node, cid: str) -> int:

@@ -2,8 +2,9 @@
 
 For each workload (one of them running as nobody): record the visible state,
 checkpoint, check the container is still RUNNING for CRI with the same
-started_at and that the app and its memory are gone, restore, check the same pid inside the container, the same
-state, and that the app's new output reaches the CRI log; twenty times.
+started_at and that the app and its memory are gone, restore, check the same
+pid inside the container, the same state, and that the app's new output
+reaches the CRI log; twenty times.
 """
 
 from __future__ import annotations
@@ -310,10 +311,7 @@ def test_app_exit_ends_the_container_with_its_code(node: kit.Node, managed) -> N
     cid = pod.containers["exits"]
     eventually(lambda: kit.app_of(node, cid), timeout=5, what="the app started")
     assert node.cri.exec_sync(cid, ["touch", "/tmp/stop"]).exit_code == 0
-    st = eventually(
-        lambda: (s := node.cri.container_status(cid).status).state == pb.CONTAINER_EXITED and s,
-        timeout=10, what="container exits",
-    )
+    st = kit.wait_exited(node, cid)
     assert st.exit_code == 3
 
 
@@ -322,10 +320,7 @@ def test_app_killed_from_an_exec_ends_the_container(node: kit.Node, managed) -> 
     cid = pod.containers["killed"]
     app = eventually(lambda: kit.app_of(node, cid), timeout=5, what="the app started")
     node.cri.exec_sync(cid, ["kill", "-KILL", str(app.ns_pid)])
-    st = eventually(
-        lambda: (s := node.cri.container_status(cid).status).state == pb.CONTAINER_EXITED and s,
-        timeout=10, what="container exits",
-    )
+    st = kit.wait_exited(node, cid)
     assert st.exit_code == 137
 
 

@@ -100,8 +100,7 @@ def test_restore_failure_ends_the_container_cleanly(node: kit.Node, managed) -> 
             answer = b""
     assert answer == b"", "nothing could serve it..."
     assert time.monotonic() - t0 < 20, "...but it was not left hanging"
-    st = eventually(lambda: (s := node.cri.container_status(cid).status).state == pb.CONTAINER_EXITED and s,
-                    timeout=15, what="the container ends")
+    st = kit.wait_exited(node, cid, timeout=15, what="the container ends")
     assert st.exit_code != 0
     assert "restore-failed" in kit.cri_log(node, pod, "web"), "the keeper says why it ended the container"
     line = next(line for line in kit.agent_log(node).splitlines() if '"restore failed"' in line and pod.name in line)
