@@ -521,10 +521,12 @@ def test_app_death_while_running_exits_with_its_status(start, state_dir: Path, t
 def test_stop_while_checkpointing_then_app_killed_exits_0(start, state_dir: Path, tmp_path: Path) -> None:
     got = tmp_path / "got"
     # The app survives the forwarded SIGTERM (as a frozen app would), then CRIU kills it.
-    k = start(
-        ["--state-dir", str(state_dir), "--", "sh", "-c", f"trap 'echo TERM >> {got}' TERM; while :; do sleep 0.02; done"]
-    )
+    ready = tmp_path / "ready"
+    k = start(["--state-dir", str(state_dir), "--", "sh", "-c",
+               f"trap 'echo TERM >> {got}' TERM; touch {ready}; while :; do sleep 0.02; done"])
     app = k.app_pid()
+    # A SIGTERM before the trap is set would kill the shell instead.
+    eventually(ready.exists, what="the app's trap is set")
     write_state(state_dir, "checkpointing")
     k.wait_log("state: checkpointing")
     k.signal(signal.SIGTERM)
